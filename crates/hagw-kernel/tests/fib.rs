@@ -583,3 +583,37 @@ fn burst_10k_routes() {
 fn burst_100k_routes() {
     burst(100_000, 101);
 }
+
+/// Graceful restart: with `keep_stale`, a previous run's routes survive the
+/// start; `set_route` takes one over, `purge_stale` removes the rest.
+#[test]
+fn keep_stale_then_purge() {
+    let ns = ns_with_link("keep");
+    ns.sh(&format!(
+        "ip route add 10.50.0.0/16 via {A} proto 199 metric 20 && \
+         ip route add 10.51.0.0/16 via {A} proto 199 metric 20"
+    ));
+    in_ns(&ns, || async {
+        let fib = FibSync::start(FibConfig {
+            keep_stale: true,
+            ..FibConfig::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(ours(&ns, "-4 route show").len(), 2);
+        fib.set_route(net("10.51.0.0/16"), vec![nh(B)]);
+        wait("taken over", SETTLE, || {
+            our_gateways(&ns, "-4 route show 10.51.0.0/16") == gws(&[B])
+        })
+        .await;
+        fib.purge_stale();
+        wait("stale purged", SETTLE, || {
+            ours(&ns, "-4 route show 10.50.0.0/16").is_empty()
+        })
+        .await;
+        assert_eq!(our_gateways(&ns, "-4 route show 10.51.0.0/16"), gws(&[B]));
+        let snap = fib.snapshot().await;
+        assert_eq!(snap, vec![(net("10.51.0.0/16"), vec![ip(B)], None)]);
+        fib.shutdown(true).await;
+    });
+}

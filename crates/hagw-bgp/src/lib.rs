@@ -1,1 +1,3 @@
 //! Sans-IO BGP-4.
+
+pub mod packet;

@@ -1,1 +1,146 @@
-fn main() {}
+//! `hagw`: the daemon and its command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use hagw::config;
+use hagw::control;
+
+#[derive(Parser)]
+#[command(
+    name = "hagw",
+    version,
+    about = "Highly-available L3 gateways from the kernel's own forwarding and standard protocols"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground (logs to stderr; RUST_LOG or --log sets the level).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, default_value = "info")]
+        log: String,
+    },
+    /// Check a config file: exit 0 when valid, else print every problem.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Ask the running daemon for its peers and routes.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Control socket (default: [control] socket of --config, else /run/hagw/hagw.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The articles' topologies in network namespaces on this machine: the demo to start with.
+    Lab(hagw::lab::LabArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Lab(args) => match hagw::lab::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hagw lab: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Check { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Run { config, log } => {
+            init_tracing(&log);
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    // The same words as `hagw check`: nothing starts half-configured.
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime().and_then(|rt| rt.block_on(hagw::daemon::run(cfg))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("hagw: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status {
+            json,
+            socket,
+            config,
+        } => {
+            let path = match (socket, config) {
+                (Some(s), _) => s,
+                (None, Some(c)) => match config::load(&c) {
+                    Ok(cfg) => cfg.control.socket,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => config::DEFAULT_SOCKET.into(),
+            };
+            let r = runtime().and_then(|rt| rt.block_on(control::request_status(&path)));
+            match r {
+                Ok(st) => {
+                    if json {
+                        match serde_json::to_string_pretty(&st) {
+                            Ok(s) => println!("{s}"),
+                            Err(e) => {
+                                eprintln!("hagw: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    } else {
+                        print!("{}", hagw::status_text(&st));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hagw: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,307 @@
+//! The daemon: wires config into peers, listeners, the RIB task, the kernel
+//! southbound and the control socket, then waits for a signal.
+
+pub mod advert;
+pub mod listener;
+pub mod peer;
+pub mod routing;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use hagw_bgp::fsm::{SessionConfig, State};
+use hagw_bgp::packet::{AFI_IPV4, AFI_IPV6, SAFI_UNICAST};
+use hagw_kernel::{DhcpDefault as KDhcp, FibConfig, FibSync, StaticRoute as KStatic};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, Config, DhcpDefault, MultipathHash};
+use crate::control::{self, PeerStatus, RouteStatus, Status};
+use advert::Advert;
+use listener::{Accept, Range};
+use peer::{PeerKind, PeerShared, PeerTask};
+use routing::RibEvent;
+
+/// Every live peer by address (a dynamic peer exists while its connection does).
+#[derive(Default)]
+pub struct Registry {
+    peers: Mutex<HashMap<IpAddr, Arc<PeerShared>>>,
+}
+
+impl Registry {
+    /// Adds `p`, returning the peer it replaced.
+    pub fn insert(&self, p: Arc<PeerShared>) -> Option<Arc<PeerShared>> {
+        self.lock().insert(p.address, p)
+    }
+
+    /// Removes `p` if it is still the registered peer for its address.
+    pub fn remove(&self, p: &Arc<PeerShared>) {
+        let mut m = self.lock();
+        if m.get(&p.address).is_some_and(|q| Arc::ptr_eq(p, q)) {
+            m.remove(&p.address);
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<PeerShared>> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<PeerShared>>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the control socket asks about.
+pub struct Daemon {
+    pub registry: Arc<Registry>,
+    rib: mpsc::UnboundedSender<RibEvent>,
+    fib: Option<FibSync>,
+    ranges: Vec<String>,
+}
+
+const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let (rib_tx, rib_rx) = mpsc::unbounded_channel();
+    let kernel = cfg.kernel.clone();
+    let fib = match &kernel {
+        Some(k) if k.install => Some(start_kernel(k).await?),
+        _ => None,
+    };
+    let max_paths = kernel.as_ref().map_or(8, |k| k.maximum_paths);
+    tokio::spawn(routing::run(rib_rx, max_paths, fib.clone()));
+
+    let registry = Arc::new(Registry::default());
+    let mut listeners = Vec::new();
+    let mut ranges_desc = Vec::new();
+    if let Some(bgp) = &cfg.bgp {
+        let mut neighbors = HashMap::new();
+        for (index, n) in bgp.neighbors.iter().enumerate() {
+            let (tx, rx) = mpsc::channel(4);
+            neighbors.insert(n.address, tx);
+            let shared = Arc::new(PeerShared::new(
+                n.address,
+                PeerKind::Neighbor {
+                    index,
+                    remote: SocketAddr::new(n.address, n.port),
+                    local: n.local_address,
+                    passive: n.passive,
+                },
+            ));
+            registry.insert(shared.clone());
+            let task = PeerTask {
+                shared,
+                cfg: Arc::new(SessionConfig::new(
+                    bgp.asn,
+                    bgp.router_id,
+                    n.remote_asn,
+                    n.hold_time,
+                    FAMILIES.to_vec(),
+                    None,
+                )),
+                advert: Arc::new(Advert::new(bgp.asn, &n.announce)),
+                rib: rib_tx.clone(),
+                incoming: Some(rx),
+            };
+            tokio::spawn(task.run_neighbor());
+        }
+        let ranges = bgp
+            .dynamic
+            .iter()
+            .map(|d| {
+                ranges_desc.push(d.range.to_string());
+                Arc::new(Range {
+                    range: d.range,
+                    limit: d.limit,
+                    cfg: Arc::new(SessionConfig::new(
+                        bgp.asn,
+                        bgp.router_id,
+                        d.remote_asn,
+                        d.hold_time,
+                        FAMILIES.to_vec(),
+                        None,
+                    )),
+                    advert: Arc::new(Advert::new(bgp.asn, &d.announce)),
+                    count: Default::default(),
+                })
+            })
+            .collect();
+        let accept = Arc::new(Accept {
+            ranges,
+            neighbors,
+            registry: registry.clone(),
+            rib: rib_tx.clone(),
+        });
+        let addrs: Vec<SocketAddr> = if bgp.listen.is_empty() {
+            vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), bgp.port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), bgp.port),
+            ]
+        } else {
+            bgp.listen
+                .iter()
+                .map(|a| SocketAddr::new(*a, bgp.port))
+                .collect()
+        };
+        for addr in addrs {
+            match listener::bind(addr) {
+                Ok(l) => {
+                    tracing::info!("listening for BGP on {addr}");
+                    listeners.push(tokio::spawn(listener::run(l, accept.clone())));
+                }
+                // No IPv6 in this namespace: the IPv4 wildcard still serves.
+                Err(e) if addr.is_ipv6() && bgp.listen.is_empty() => {
+                    tracing::warn!("not listening on {addr}: {e}");
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot listen for BGP on {addr}"));
+                }
+            }
+        }
+    }
+
+    let daemon = Arc::new(Daemon {
+        registry: registry.clone(),
+        rib: rib_tx,
+        fib: fib.clone(),
+        ranges: ranges_desc,
+    });
+    let control = control::serve(&cfg.control.socket, daemon.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the control socket {}",
+                cfg.control.socket.display()
+            )
+        })?;
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: config reload is not supported yet; restart hagw to apply a new config");
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    for l in listeners {
+        l.abort();
+    }
+    for p in registry.all() {
+        p.stop(true);
+    }
+    // Give peers a moment to send their Cease.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    if let Some(fib) = fib {
+        fib.shutdown(true).await;
+    }
+    control.remove();
+    Ok(())
+}
+
+async fn start_kernel(k: &config::Kernel) -> anyhow::Result<FibSync> {
+    if let Err(e) = hagw_kernel::install_proto_name() {
+        tracing::warn!(
+            "cannot name protocol {} in rt_protos.d: {e}",
+            hagw_kernel::RTPROT_HAGW
+        );
+    }
+    hagw_kernel::set_multipath_hash_policy(k.multipath_hash == MultipathHash::L4)
+        .context("cannot set fib_multipath_hash_policy")?;
+    let cfg = FibConfig {
+        table: k.table,
+        metric: k.metric,
+        protocol: hagw_kernel::RTPROT_HAGW,
+        dhcp_default: match k.dhcp_default {
+            DhcpDefault::Outrank => KDhcp::Outrank,
+            DhcpDefault::Remove => KDhcp::Remove,
+            DhcpDefault::Keep => KDhcp::Keep,
+        },
+        statics: k
+            .statics
+            .iter()
+            .map(|s| KStatic {
+                prefix: s.prefix,
+                via: s.via,
+            })
+            .collect(),
+        max_paths: k.maximum_paths,
+        ..FibConfig::default()
+    };
+    FibSync::start(cfg)
+        .await
+        .context("cannot start the kernel route sync")
+}
+
+impl Daemon {
+    pub async fn status(&self) -> Status {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut peers: Vec<PeerStatus> = self
+            .registry
+            .all()
+            .iter()
+            .map(|p| {
+                let (kind, range) = match &p.kind {
+                    PeerKind::Dynamic { range } => ("dynamic", self.ranges.get(*range).cloned()),
+                    PeerKind::Neighbor { .. } => ("neighbor", None),
+                };
+                let state = p.state();
+                PeerStatus {
+                    address: p.address.to_string(),
+                    kind: kind.into(),
+                    range,
+                    remote_asn: (p.remote_asn() != 0).then_some(p.remote_asn()),
+                    state: state.name().into(),
+                    uptime_secs: p
+                        .established_since()
+                        .filter(|_| state == State::Established)
+                        .map(|t| now.saturating_sub(t)),
+                    prefixes_received: p.received.load(std::sync::atomic::Ordering::Relaxed),
+                    prefixes_sent: p.sent(),
+                    last_error: p.last_error(),
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| {
+            let ka = a.address.parse::<IpAddr>().ok();
+            let kb = b.address.parse::<IpAddr>().ok();
+            ka.cmp(&kb)
+        });
+        let routes = match &self.fib {
+            Some(fib) => fib
+                .snapshot()
+                .await
+                .into_iter()
+                .map(|(prefix, hops, error)| RouteStatus {
+                    prefix: prefix.to_string(),
+                    nexthops: hops.iter().map(ToString::to_string).collect(),
+                    installed: true,
+                    error,
+                })
+                .collect(),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = self.rib.send(RibEvent::Routes(tx));
+                rx.await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(prefix, hops)| RouteStatus {
+                        prefix: prefix.to_string(),
+                        nexthops: hops.iter().map(ToString::to_string).collect(),
+                        installed: false,
+                        error: None,
+                    })
+                    .collect()
+            }
+        };
+        Status { peers, routes }
+    }
+}

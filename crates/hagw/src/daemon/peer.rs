@@ -1,0 +1,721 @@
+//! The thin async driver around [`hagw_bgp::fsm::Session`]: one task per peer,
+//! holding at most two connections (the second only during an RFC 4271 §6.8
+//! collision). Per-peer memory is kept small because a router has thousands of
+//! these: no read buffer of its own (reads go through a per-thread scratch
+//! buffer; only a partial message's tail is kept), one reusable timer, and the
+//! announcement is the range's shared encoded `Bytes`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use hagw_bgp::fsm::{self, Action, Event, Negotiated, Session, SessionConfig, State};
+use hagw_bgp::packet::Update;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Notify};
+
+use super::advert::{Advert, Shape};
+use super::routing::RibEvent;
+
+/// How a peer came to be.
+#[derive(Debug, Clone)]
+pub enum PeerKind {
+    /// Accepted from a listen range (index into `bgp.dynamic`).
+    Dynamic { range: usize },
+    /// Configured: we connect (unless passive) and accept its connections.
+    Neighbor {
+        index: usize,
+        remote: SocketAddr,
+        local: Option<IpAddr>,
+        passive: bool,
+    },
+}
+
+/// What `hagw status` sees of a peer, and how the daemon pokes it.
+#[derive(Debug)]
+pub struct PeerShared {
+    pub address: IpAddr,
+    pub kind: PeerKind,
+    state: AtomicU8,
+    remote_asn: AtomicU32,
+    /// Unix seconds when the session became Established (0 = not).
+    since: AtomicU64,
+    pub received: AtomicUsize,
+    sent: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+    graceful_restart: AtomicBool,
+    /// Set with `wake`: leave now (collision loser or daemon shutdown).
+    stop: AtomicBool,
+    stop_cease: AtomicBool,
+    wake: Notify,
+}
+
+impl PeerShared {
+    pub fn new(address: IpAddr, kind: PeerKind) -> PeerShared {
+        PeerShared {
+            address,
+            kind,
+            state: AtomicU8::new(0),
+            remote_asn: AtomicU32::new(0),
+            since: AtomicU64::new(0),
+            received: AtomicUsize::new(0),
+            sent: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+            graceful_restart: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stop_cease: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            1 => State::Connect,
+            2 => State::Active,
+            3 => State::OpenSent,
+            4 => State::OpenConfirm,
+            5 => State::Established,
+            _ => State::Idle,
+        }
+    }
+
+    fn set_state(&self, s: State) {
+        let v = match s {
+            State::Idle => 0,
+            State::Connect => 1,
+            State::Active => 2,
+            State::OpenSent => 3,
+            State::OpenConfirm => 4,
+            State::Established => 5,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
+
+    pub fn remote_asn(&self) -> u32 {
+        self.remote_asn.load(Ordering::Relaxed)
+    }
+
+    pub fn established_since(&self) -> Option<u64> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// The Established session negotiated graceful restart (RFC 4724).
+    pub fn graceful_restart(&self) -> bool {
+        self.graceful_restart.load(Ordering::Relaxed)
+    }
+
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    /// Ask the peer task to end its session(s): with a Cease NOTIFICATION, or by
+    /// just closing (graceful restart, collision replacement).
+    pub fn stop(&self, cease: bool) {
+        self.stop_cease.store(cease, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+struct Conn {
+    session: Session,
+    stream: TcpStream,
+    /// Bytes of a message not yet complete.
+    tail: Vec<u8>,
+    local: SocketAddr,
+    locally_initiated: bool,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+/// Everything a peer task needs.
+pub struct PeerTask {
+    pub shared: Arc<PeerShared>,
+    pub cfg: Arc<SessionConfig>,
+    pub advert: Arc<Advert>,
+    pub rib: mpsc::UnboundedSender<RibEvent>,
+    /// Connections to this neighbor accepted by the listener.
+    pub incoming: Option<mpsc::Receiver<TcpStream>>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+}
+
+impl PeerTask {
+    /// Runs an accepted connection from a listen range to its end.
+    pub async fn run_accepted(self, stream: TcpStream) {
+        let mut me = Driver::new(self);
+        let now = Instant::now();
+        let mut s = Session::new(me.task.cfg.clone());
+        let mut out = Vec::new();
+        s.handle(Event::ManualStartWithPassiveTcpEstablishment, now, &mut out);
+        if let Some(c) = me.conn(s, stream, false) {
+            me.conns[0] = Some(c);
+            me.event(0, Event::TcpConnectionConfirmed).await;
+            me.run().await;
+        }
+    }
+
+    /// Runs a configured neighbor forever (until the daemon stops it).
+    pub async fn run_neighbor(self) {
+        let passive = matches!(self.shared.kind, PeerKind::Neighbor { passive: true, .. });
+        let mut me = Driver::new(self);
+        me.active = Some(Session::new(me.task.cfg.clone()));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        if let Some(s) = me.active.as_mut() {
+            if passive {
+                s.handle(Event::ManualStartWithPassiveTcpEstablishment, now, &mut out);
+            } else {
+                s.handle(Event::ManualStart, now, &mut out);
+            }
+        }
+        me.apply_idle(out);
+        me.run().await;
+    }
+}
+
+struct Driver {
+    task: PeerTask,
+    conns: [Option<Conn>; 2],
+    /// A configured neighbor's session while it has no connection (Idle, Connect,
+    /// Active): it owns the retry timer.
+    active: Option<Session>,
+    connecting: Option<Connecting>,
+    out: Vec<Action>,
+    wbuf: BytesMut,
+    established: Option<usize>,
+    /// A connection the collision rule (§6.8) says must go.
+    collision_loser: Option<usize>,
+}
+
+impl Driver {
+    fn new(task: PeerTask) -> Driver {
+        Driver {
+            task,
+            conns: [None, None],
+            active: None,
+            connecting: None,
+            out: Vec::new(),
+            wbuf: BytesMut::new(),
+            established: None,
+            collision_loser: None,
+        }
+    }
+
+    fn is_neighbor(&self) -> bool {
+        matches!(self.task.shared.kind, PeerKind::Neighbor { .. })
+    }
+
+    fn conn(&self, session: Session, stream: TcpStream, locally_initiated: bool) -> Option<Conn> {
+        let local = stream.local_addr().ok()?;
+        let _ = stream.set_nodelay(true);
+        Some(Conn {
+            session,
+            stream,
+            tail: Vec::new(),
+            local,
+            locally_initiated,
+        })
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.session.next_deadline())
+            .chain(self.active.as_ref().and_then(Session::next_deadline))
+            .min()
+    }
+
+    fn publish_state(&self) {
+        let best = self
+            .conns
+            .iter()
+            .flatten()
+            .map(|c| c.session.state())
+            .chain(self.active.as_ref().map(Session::state))
+            .max_by_key(|s| *s as u8);
+        self.task.shared.set_state(best.unwrap_or(State::Idle));
+    }
+
+    async fn run(&mut self) {
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let sleep = tokio::time::sleep_until(far.into());
+        tokio::pin!(sleep);
+        let mut armed = far;
+        let shared = self.task.shared.clone();
+        loop {
+            self.publish_state();
+            while let Some(loser) = self.collision_loser.take() {
+                tracing::info!(peer = %shared.address, "connection collision: closing one");
+                self.event(loser, Event::OpenCollisionDump).await;
+            }
+            if self.conns.iter().all(Option::is_none) && self.active.is_none() {
+                return;
+            }
+            if shared.stop.load(Ordering::Acquire) {
+                self.shutdown().await;
+                return;
+            }
+            let d = self.next_deadline().unwrap_or(far);
+            if d != armed {
+                sleep.as_mut().reset(d.into());
+                armed = d;
+            }
+            let c0 = self.conns[0].as_ref().map(|c| &c.stream);
+            let c1 = self.conns[1].as_ref().map(|c| &c.stream);
+            let connecting = self.connecting.as_mut();
+            let incoming = self.task.incoming.as_mut();
+            tokio::select! {
+                r = readable(c0) => self.on_readable(0, r).await,
+                r = readable(c1) => self.on_readable(1, r).await,
+                r = opt_future(connecting) => self.on_connected(r).await,
+                s = opt_recv(incoming) => self.on_incoming(s).await,
+                () = &mut sleep => self.on_timer().await,
+                () = shared.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn on_readable(&mut self, i: usize, r: io::Result<()>) {
+        if r.is_err() {
+            self.event(i, Event::TcpConnectionFails).await;
+            return;
+        }
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.out);
+        let mut failed = false;
+        if let Some(c) = self.conns[i].as_mut() {
+            SCRATCH.with(|s| {
+                let mut buf = s.borrow_mut();
+                let have = c.tail.len();
+                if have > 0 {
+                    buf[..have].copy_from_slice(&c.tail);
+                }
+                match c.stream.try_read(&mut buf[have..]) {
+                    Ok(0) => failed = true,
+                    Ok(n) => {
+                        let used = c.session.receive(&buf[..have + n], now, &mut out);
+                        c.tail.clear();
+                        if let Some(rest) = buf.get(used..have + n) {
+                            c.tail.extend_from_slice(rest);
+                        }
+                        if c.tail.capacity() > 8192 && c.tail.is_empty() {
+                            c.tail = Vec::new();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => failed = true,
+                }
+            });
+        }
+        self.apply(i, &mut out).await;
+        self.out = out;
+        if failed {
+            self.event(i, Event::TcpConnectionFails).await;
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        for i in 0..2 {
+            let mut out = std::mem::take(&mut self.out);
+            if let Some(c) = self.conns[i].as_mut() {
+                c.session.on_timer(now, &mut out);
+            }
+            self.apply(i, &mut out).await;
+            self.out = out;
+        }
+        let mut out = Vec::new();
+        if let Some(s) = self.active.as_mut() {
+            s.on_timer(now, &mut out);
+        }
+        self.apply_idle(out);
+    }
+
+    /// Actions of the connection-less neighbor session: only Connect matters.
+    fn apply_idle(&mut self, out: Vec<Action>) {
+        for a in out {
+            if let Action::Connect = a {
+                self.start_connect();
+            }
+        }
+    }
+
+    fn start_connect(&mut self) {
+        let PeerKind::Neighbor { remote, local, .. } = self.task.shared.kind else {
+            return;
+        };
+        self.task.shared.set_state(State::Connect);
+        self.connecting = Some(Box::pin(async move {
+            let sock = if remote.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Some(l) = local {
+                sock.bind(SocketAddr::new(l, 0))?;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), sock.connect(remote)).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        }));
+    }
+
+    async fn on_connected(&mut self, r: io::Result<TcpStream>) {
+        self.connecting = None;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let Some(mut s) = self.active.take() else {
+            return;
+        };
+        match r.map(|st| (st.local_addr(), st)) {
+            Ok((Ok(_), stream)) if self.conns[0].is_none() => {
+                s.handle(Event::TcpCrAcked, now, &mut out);
+                match self.conn(s, stream, true) {
+                    Some(c) => {
+                        self.conns[0] = Some(c);
+                        self.apply(0, &mut out).await;
+                    }
+                    None => self.restart_active(),
+                }
+            }
+            Ok(_) => {
+                // An accepted connection got there first: drop ours.
+                self.active = Some(s);
+            }
+            Err(e) => {
+                self.task
+                    .shared
+                    .set_error(format!("connect to {}: {e}", self.task.shared.address));
+                s.handle(Event::TcpConnectionFails, now, &mut out);
+                self.active = Some(s);
+                self.apply_idle(out);
+            }
+        }
+    }
+
+    /// The neighbor's own address connected to us.
+    async fn on_incoming(&mut self, stream: Option<TcpStream>) {
+        let Some(stream) = stream else {
+            self.task.incoming = None;
+            return;
+        };
+        let now = Instant::now();
+        let mut out = Vec::new();
+        if let Some(mut s) = self.active.take() {
+            // Connect/Active + Event 17: use the peer's connection, drop our attempt.
+            self.connecting = None;
+            s.handle(Event::TcpConnectionConfirmed, now, &mut out);
+            if let Some(c) = self.conn(s, stream, false) {
+                self.conns[0] = Some(c);
+                self.apply(0, &mut out).await;
+            } else {
+                self.restart_active();
+            }
+            return;
+        }
+        let slot = if self.conns[0].is_none() { 0 } else { 1 };
+        if self.conns[slot].is_some() {
+            return; // a third connection: refuse by dropping it
+        }
+        let mut s = Session::new(self.task.cfg.clone());
+        s.handle(Event::ManualStartWithPassiveTcpEstablishment, now, &mut out);
+        if let Some(c) = self.conn(s, stream, false) {
+            self.conns[slot] = Some(c);
+            self.event(slot, Event::TcpConnectionConfirmed).await;
+        }
+    }
+
+    async fn event(&mut self, i: usize, ev: Event) {
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.out);
+        if let Some(c) = self.conns[i].as_mut() {
+            c.session.handle(ev, now, &mut out);
+        }
+        self.apply(i, &mut out).await;
+        self.out = out;
+    }
+
+    /// Carries out what connection `i`'s session asked for.
+    async fn apply(&mut self, i: usize, out: &mut Vec<Action>) {
+        let mut close = false;
+        for a in out.drain(..) {
+            match a {
+                Action::Send(b) => self.wbuf.extend_from_slice(&b),
+                Action::Connect => self.start_connect(),
+                Action::Established(n) => self.on_established(i, n),
+                Action::Update(u) => self.on_update(u),
+                Action::RouteRefresh { .. } => {
+                    if let Some(c) = self.conns[i].as_ref() {
+                        if let Some(n) = c.session.negotiated() {
+                            let shape = Shape::new(c.local.ip(), c.session.config().local_asn, n);
+                            self.wbuf
+                                .extend_from_slice(&self.task.advert.encoded(shape).bytes);
+                        }
+                    }
+                }
+                Action::Disconnect {
+                    reason,
+                    was_established,
+                } => {
+                    tracing::info!(peer = %self.task.shared.address, "session down: {reason}");
+                    self.task.shared.set_error(reason.to_string());
+                    if was_established {
+                        self.on_down();
+                    }
+                    close = true;
+                }
+            }
+        }
+        self.flush(i).await;
+        if close {
+            self.close(i);
+        } else {
+            self.check_collision(i);
+        }
+    }
+
+    async fn flush(&mut self, i: usize) {
+        if self.wbuf.is_empty() {
+            return;
+        }
+        let buf = self.wbuf.split().freeze();
+        if let Some(c) = self.conns[i].as_mut() {
+            if let Err(e) = write(&mut c.stream, buf).await {
+                tracing::debug!(peer = %self.task.shared.address, "write failed: {e}");
+                let now = Instant::now();
+                let mut out = Vec::new();
+                c.session.handle(Event::TcpConnectionFails, now, &mut out);
+                for a in out {
+                    if let Action::Disconnect {
+                        was_established: true,
+                        ..
+                    } = a
+                    {
+                        self.on_down();
+                    }
+                }
+                self.close(i);
+            }
+        }
+        if self.wbuf.capacity() > 64 * 1024 {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    fn close(&mut self, i: usize) {
+        let Some(c) = self.conns[i].take() else {
+            return;
+        };
+        if self.established == Some(i) {
+            self.established = None;
+        }
+        // A configured neighbor's session outlives its last connection and
+        // reconnects; while another connection lives, that one is the session.
+        let alone = self.conns.iter().all(Option::is_none) && self.active.is_none();
+        if self.is_neighbor() && alone {
+            if c.locally_initiated && c.session.next_deadline().is_some() {
+                self.active = Some(c.session);
+            } else {
+                self.restart_active();
+            }
+        }
+        if i == 0 {
+            self.conns.swap(0, 1);
+            if let Some(e) = self.established.as_mut() {
+                *e = 0;
+            }
+        }
+    }
+
+    /// A neighbor whose last connection was the peer's: start over on our side.
+    fn restart_active(&mut self) {
+        if self.task.shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let passive = matches!(
+            self.task.shared.kind,
+            PeerKind::Neighbor { passive: true, .. }
+        );
+        let mut s = Session::new(self.task.cfg.clone());
+        let mut out = Vec::new();
+        let ev = if passive {
+            Event::ManualStartWithPassiveTcpEstablishment
+        } else {
+            Event::AutomaticStart
+        };
+        s.handle(ev, Instant::now(), &mut out);
+        self.active = Some(s);
+    }
+
+    /// RFC 4271 §6.8, when connection `i` has just accepted the peer's OPEN.
+    fn check_collision(&mut self, i: usize) {
+        let j = 1 - i;
+        let (Some(a), Some(b)) = (self.conns[i].as_ref(), self.conns[j].as_ref()) else {
+            return;
+        };
+        if a.session.state() != State::OpenConfirm {
+            return;
+        }
+        let Some(remote_id) = a.session.negotiated().map(|n| n.remote_id) else {
+            return;
+        };
+        let loser = match b.session.state() {
+            // §6.8: a connection colliding with an Established one is closed —
+            // unless the peer restarted with graceful restart (RFC 4724 §4.2).
+            State::Established => {
+                let gr = b
+                    .session
+                    .negotiated()
+                    .is_some_and(|n| n.graceful_restart.is_some());
+                if gr {
+                    j
+                } else {
+                    i
+                }
+            }
+            State::OpenSent | State::OpenConfirm => {
+                let keep_local =
+                    fsm::keep_locally_initiated(a.session.config().local_id, remote_id);
+                if a.locally_initiated == keep_local {
+                    j
+                } else {
+                    i
+                }
+            }
+            _ => return,
+        };
+        self.collision_loser = Some(loser);
+    }
+
+    fn on_established(&mut self, i: usize, n: Negotiated) {
+        let Some(c) = self.conns[i].as_ref() else {
+            return;
+        };
+        let shared = &self.task.shared;
+        shared.remote_asn.store(n.remote_asn, Ordering::Relaxed);
+        shared
+            .graceful_restart
+            .store(n.graceful_restart.is_some(), Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs().max(1));
+        shared.since.store(now, Ordering::Relaxed);
+        *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::debug!(peer = %shared.address, asn = n.remote_asn, "Established");
+        let local_asn = c.session.config().local_asn;
+        let shape = Shape::new(c.local.ip(), local_asn, &n);
+        let enc = self.task.advert.encoded(shape);
+        shared.sent.store(enc.prefixes, Ordering::Relaxed);
+        self.wbuf.extend_from_slice(&enc.bytes);
+        self.established = Some(i);
+        let _ = self.task.rib.send(RibEvent::Up {
+            peer: shared.clone(),
+            ebgp: n.remote_asn != local_asn,
+            remote_asn: n.remote_asn,
+            remote_id: n.remote_id,
+            graceful_restart: n.graceful_restart.is_some(),
+        });
+    }
+
+    fn on_update(&mut self, u: Update) {
+        if let Some(e) = &u.treat_as_withdraw {
+            tracing::warn!(peer = %self.task.shared.address, "malformed UPDATE treated as withdraw (RFC 7606): {e:?}");
+        }
+        for e in &u.discarded {
+            tracing::info!(peer = %self.task.shared.address, "attribute discarded (RFC 7606): {e:?}");
+        }
+        let _ = self.task.rib.send(RibEvent::Update {
+            peer: self.task.shared.clone(),
+            update: Box::new(u),
+        });
+    }
+
+    fn on_down(&mut self) {
+        let shared = &self.task.shared;
+        shared.since.store(0, Ordering::Relaxed);
+        shared.sent.store(0, Ordering::Relaxed);
+        let _ = self.task.rib.send(RibEvent::Down {
+            peer: shared.clone(),
+        });
+    }
+
+    async fn shutdown(&mut self) {
+        let cease = self.task.shared.stop_cease.load(Ordering::Relaxed);
+        for i in 0..2 {
+            if cease {
+                let now = Instant::now();
+                let mut out = std::mem::take(&mut self.out);
+                if let Some(c) = self.conns[i].as_mut() {
+                    c.session.handle(Event::ManualStop, now, &mut out);
+                }
+                self.apply(i, &mut out).await;
+                self.out = out;
+            } else if self.conns[i]
+                .as_ref()
+                .is_some_and(|c| c.session.state() == State::Established)
+            {
+                self.on_down();
+            }
+        }
+        self.conns = [None, None];
+        self.active = None;
+        self.connecting = None;
+    }
+}
+
+async fn write(stream: &mut TcpStream, buf: Bytes) -> io::Result<()> {
+    // Most writes fit the socket buffer: try without a waker first.
+    match stream.try_write(&buf) {
+        Ok(n) if n == buf.len() => Ok(()),
+        Ok(n) => stream.write_all(&buf[n..]).await,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.write_all(&buf).await,
+        Err(e) => Err(e),
+    }
+}
+
+async fn readable(s: Option<&TcpStream>) -> io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn opt_future(f: Option<&mut Connecting>) -> io::Result<TcpStream> {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn opt_recv(r: Option<&mut mpsc::Receiver<TcpStream>>) -> Option<TcpStream> {
+    match r {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}

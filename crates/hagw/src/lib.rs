@@ -1,0 +1,50 @@
+//! hagw: the daemon ([`daemon`]), its config schema ([`config`]) and its control
+//! socket ([`control`]). The protocols live in `hagw-bgp`, the kernel in
+//! `hagw-kernel`.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod lab;
+
+use std::fmt::Write;
+
+/// `hagw status` without `--json`.
+pub fn status_text(st: &control::Status) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<40} {:>10} {:<12} {:>9} {:>6} {:>6}  note",
+        "peer", "asn", "state", "uptime", "rcvd", "sent"
+    );
+    for p in &st.peers {
+        let _ = writeln!(
+            s,
+            "{:<40} {:>10} {:<12} {:>9} {:>6} {:>6}  {}",
+            p.address,
+            p.remote_asn.map_or("-".into(), |a| a.to_string()),
+            p.state,
+            p.uptime_secs.map_or("-".into(), |u| format!("{u}s")),
+            p.prefixes_received,
+            p.prefixes_sent,
+            p.last_error.as_deref().unwrap_or(""),
+        );
+    }
+    if !st.routes.is_empty() {
+        let _ = writeln!(s, "\nroutes");
+        for r in &st.routes {
+            let _ = writeln!(
+                s,
+                "  {} via {}{}{}",
+                r.prefix,
+                r.nexthops.join(", "),
+                if r.installed { "" } else { " (not installed)" },
+                r.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    s
+}

@@ -178,7 +178,10 @@ impl AsPath {
             }
             if let Some(last) = out.last_mut() {
                 if last.kind == seg.kind
-                    && matches!(seg.kind, SegmentKind::Sequence | SegmentKind::ConfedSequence)
+                    && matches!(
+                        seg.kind,
+                        SegmentKind::Sequence | SegmentKind::ConfedSequence
+                    )
                 {
                     last.asns.extend_from_slice(&seg.asns);
                     continue;
@@ -287,12 +290,17 @@ fn parse_as_path(value: &[u8], four_octet: bool) -> Result<AsPath, &'static str>
     while !r.is_empty() {
         // RFC 7606 §7.2: unknown type, zero length, overrun and a lone trailing
         // octet all make the AS_PATH malformed.
-        let kind = r.u8().and_then(SegmentKind::from_u8).ok_or("unknown segment type")?;
+        let kind = r
+            .u8()
+            .and_then(SegmentKind::from_u8)
+            .ok_or("unknown segment type")?;
         let count = r.u8().ok_or("segment header underrun")?;
         if count == 0 {
             return Err("zero-length segment");
         }
-        let bytes = r.take(usize::from(count) * size).ok_or("segment overruns the attribute")?;
+        let bytes = r
+            .take(usize::from(count) * size)
+            .ok_or("segment overruns the attribute")?;
         let asns: Vec<u32> = if four_octet {
             be_u32s(bytes).collect()
         } else {
@@ -472,7 +480,12 @@ impl AttrDecoder {
                     [0] => Origin::Igp,
                     [1] => Origin::Egp,
                     [2] => Origin::Incomplete,
-                    _ => return Err(withdraw(ty, "bad length or undefined value (Invalid ORIGIN)")),
+                    _ => {
+                        return Err(withdraw(
+                            ty,
+                            "bad length or undefined value (Invalid ORIGIN)",
+                        ))
+                    }
                 });
             }
             AS_PATH => {
@@ -533,16 +546,22 @@ impl AttrDecoder {
             COMMUNITIES => {
                 check_flags(flags, ty, true, true)?;
                 // RFC 7606 §7.8: not a non-zero multiple of 4 -> treat-as-withdraw.
-                if value.is_empty() || value.len() % 4 != 0 {
-                    return Err(withdraw(ty, format!("length {} is not a non-zero multiple of 4", value.len())));
+                if value.is_empty() || !value.len().is_multiple_of(4) {
+                    return Err(withdraw(
+                        ty,
+                        format!("length {} is not a non-zero multiple of 4", value.len()),
+                    ));
                 }
                 self.attrs.communities = be_u32s(value).collect();
             }
             EXTENDED_COMMUNITIES => {
                 check_flags(flags, ty, true, true)?;
                 // RFC 7606 §7.14: not a non-zero multiple of 8 -> treat-as-withdraw.
-                if value.is_empty() || value.len() % 8 != 0 {
-                    return Err(withdraw(ty, format!("length {} is not a non-zero multiple of 8", value.len())));
+                if value.is_empty() || !value.len().is_multiple_of(8) {
+                    return Err(withdraw(
+                        ty,
+                        format!("length {} is not a non-zero multiple of 8", value.len()),
+                    ));
                 }
                 let mut r = Reader::new(value);
                 self.attrs.ext_communities = std::iter::from_fn(|| r.u64()).collect();
@@ -550,8 +569,11 @@ impl AttrDecoder {
             LARGE_COMMUNITIES => {
                 check_flags(flags, ty, true, true)?;
                 // RFC 8092 §6: not a non-zero multiple of 12 -> treat-as-withdraw.
-                if value.is_empty() || value.len() % 12 != 0 {
-                    return Err(withdraw(ty, format!("length {} is not a non-zero multiple of 12", value.len())));
+                if value.is_empty() || !value.len().is_multiple_of(12) {
+                    return Err(withdraw(
+                        ty,
+                        format!("length {} is not a non-zero multiple of 12", value.len()),
+                    ));
                 }
                 let mut r = Reader::new(value);
                 let mut out: Vec<(u32, u32, u32)> = Vec::with_capacity(value.len() / 12);
@@ -665,7 +687,11 @@ fn u32_value(ty: u8, value: &[u8]) -> Result<u32, Fault> {
 
 fn parse_aggregator(value: &[u8], four_octet: bool) -> Option<(u32, Ipv4Addr)> {
     let mut r = Reader::new(value);
-    let asn = if four_octet { r.u32()? } else { u32::from(r.u16()?) };
+    let asn = if four_octet {
+        r.u32()?
+    } else {
+        u32::from(r.u16()?)
+    };
     let ip = Ipv4Addr::from(r.array::<4>()?);
     r.is_empty().then_some((asn, ip))
 }
@@ -686,12 +712,20 @@ fn mp_flags(flags: u8, ty: u8, raw: &[u8]) -> Result<(), Fault> {
 
 fn mp_error(raw: &[u8], reason: impl Into<std::borrow::Cow<'static, str>>) -> Fault {
     // RFC 4760 §7: "UPDATE Message Error" / "Optional Attribute Error".
-    Fault::Reset(DecodeError::update(sub::OPTIONAL_ATTRIBUTE_ERROR, raw, reason))
+    Fault::Reset(DecodeError::update(
+        sub::OPTIONAL_ATTRIBUTE_ERROR,
+        raw,
+        reason,
+    ))
 }
 
 fn nlri_error(e: nlri::PrefixError) -> Fault {
     // RFC 7606 §5.3: NLRI syntax errors cannot be treat-as-withdraw.
-    Fault::Reset(DecodeError::update(sub::INVALID_NETWORK_FIELD, Vec::new(), e.reason()))
+    Fault::Reset(DecodeError::update(
+        sub::INVALID_NETWORK_FIELD,
+        Vec::new(),
+        e.reason(),
+    ))
 }
 
 fn supported_family(afi: u16, safi: u8) -> bool {
@@ -714,7 +748,10 @@ fn decode_mp_reach(value: &[u8], raw: &[u8]) -> Result<Option<MpReach>, Fault> {
         return Err(mp_error(raw, "MP_REACH_NLRI too short"));
     };
     let Some(nh) = r.take(usize::from(nh_len)) else {
-        return Err(mp_error(raw, "MP_REACH_NLRI next hop overruns the attribute"));
+        return Err(mp_error(
+            raw,
+            "MP_REACH_NLRI next hop overruns the attribute",
+        ));
     };
     // Reserved octet: RFC 4760 §3 says ignore on receipt, but it must be there.
     if r.u8().is_none() {
@@ -858,7 +895,9 @@ fn prefixes_len(afi: u16, nets: &[IpNet]) -> Result<usize, EncodeError> {
         if family_matches(afi, n) {
             Ok(acc + nlri::encoded_len(n.prefix_len()))
         } else {
-            Err(EncodeError::InvalidMp("prefix family does not match the AFI"))
+            Err(EncodeError::InvalidMp(
+                "prefix family does not match the AFI",
+            ))
         }
     })
 }
@@ -909,7 +948,13 @@ fn put_mp_unreach(out: &mut BytesMut, mp: &MpUnreach) -> Result<(), EncodeError>
     Ok(())
 }
 
-fn put_aggregator(out: &mut BytesMut, ty: u8, asn: u32, ip: Ipv4Addr, four: bool) -> Result<(), EncodeError> {
+fn put_aggregator(
+    out: &mut BytesMut,
+    ty: u8,
+    asn: u32,
+    ip: Ipv4Addr,
+    four: bool,
+) -> Result<(), EncodeError> {
     put_header(out, OPTIONAL | TRANSITIVE, ty, if four { 8 } else { 6 })?;
     if four {
         out.put_u32(asn);
@@ -922,7 +967,11 @@ fn put_aggregator(out: &mut BytesMut, ty: u8, asn: u32, ip: Ipv4Addr, four: bool
 
 /// Encodes the Path Attributes field: MP attributes first (RFC 7606 §5.1, so a
 /// peer can always find the NLRI), then by type code.
-pub(crate) fn encode(attrs: &PathAttributes, ctx: &CodecCtx, out: &mut BytesMut) -> Result<(), EncodeError> {
+pub(crate) fn encode(
+    attrs: &PathAttributes,
+    ctx: &CodecCtx,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let four = ctx.four_octet_as;
     if let Some(mp) = &attrs.mp_reach {
         put_mp_reach(out, mp)?;
@@ -954,26 +1003,49 @@ pub(crate) fn encode(attrs: &PathAttributes, ctx: &CodecCtx, out: &mut BytesMut)
         put_aggregator(out, AGGREGATOR, asn, ip, four)?;
     }
     if !attrs.communities.is_empty() {
-        put_header(out, OPTIONAL | TRANSITIVE, COMMUNITIES, attrs.communities.len() * 4)?;
+        put_header(
+            out,
+            OPTIONAL | TRANSITIVE,
+            COMMUNITIES,
+            attrs.communities.len() * 4,
+        )?;
         attrs.communities.iter().for_each(|&c| out.put_u32(c));
     }
     if !attrs.ext_communities.is_empty() {
-        put_header(out, OPTIONAL | TRANSITIVE, EXTENDED_COMMUNITIES, attrs.ext_communities.len() * 8)?;
+        put_header(
+            out,
+            OPTIONAL | TRANSITIVE,
+            EXTENDED_COMMUNITIES,
+            attrs.ext_communities.len() * 8,
+        )?;
         attrs.ext_communities.iter().for_each(|&c| out.put_u64(c));
     }
     if !four {
         // RFC 6793 §4.2.2: send AS4_PATH / AS4_AGGREGATOR only when some ASN
         // does not fit two octets; confederation segments never go in AS4_PATH.
         if let Some(path) = attrs.as_path.as_ref().filter(|p| p.needs_as4_path()) {
-            put_header(out, OPTIONAL | TRANSITIVE, AS4_PATH, as_path_len(path, 4, true)?)?;
+            put_header(
+                out,
+                OPTIONAL | TRANSITIVE,
+                AS4_PATH,
+                as_path_len(path, 4, true)?,
+            )?;
             put_as_path(out, path, true, true);
         }
-        if let Some((asn, ip)) = attrs.aggregator.filter(|(asn, _)| *asn > u32::from(u16::MAX)) {
+        if let Some((asn, ip)) = attrs
+            .aggregator
+            .filter(|(asn, _)| *asn > u32::from(u16::MAX))
+        {
             put_aggregator(out, AS4_AGGREGATOR, asn, ip, true)?;
         }
     }
     if !attrs.large_communities.is_empty() {
-        put_header(out, OPTIONAL | TRANSITIVE, LARGE_COMMUNITIES, attrs.large_communities.len() * 12)?;
+        put_header(
+            out,
+            OPTIONAL | TRANSITIVE,
+            LARGE_COMMUNITIES,
+            attrs.large_communities.len() * 12,
+        )?;
         for &(a, b, c) in &attrs.large_communities {
             out.put_u32(a);
             out.put_u32(b);
@@ -1024,13 +1096,19 @@ mod tests {
 
     #[test]
     fn prepend_extends_a_leading_sequence_or_adds_one() {
-        assert_eq!(AsPath::sequence([2, 3]).prepend(1), AsPath::sequence([1, 2, 3]));
+        assert_eq!(
+            AsPath::sequence([2, 3]).prepend(1),
+            AsPath::sequence([1, 2, 3])
+        );
         let set = AsPath {
             segments: vec![seg(SegmentKind::Set, &[7])],
         };
         assert_eq!(
             set.prepend(1).segments,
-            vec![seg(SegmentKind::Sequence, &[1]), seg(SegmentKind::Set, &[7])]
+            vec![
+                seg(SegmentKind::Sequence, &[1]),
+                seg(SegmentKind::Set, &[7])
+            ]
         );
         assert_eq!(AsPath::default().prepend(9), AsPath::sequence([9]));
     }
@@ -1051,7 +1129,10 @@ mod tests {
         let p = AsPath {
             segments: vec![seg(SegmentKind::Set, &(1..=256).collect::<Vec<_>>())],
         };
-        assert_eq!(as_path_len(&p, 4, false), Err(EncodeError::AsSetTooLong { len: 256 }));
+        assert_eq!(
+            as_path_len(&p, 4, false),
+            Err(EncodeError::AsSetTooLong { len: 256 })
+        );
     }
 
     #[test]
@@ -1059,7 +1140,10 @@ mod tests {
         // RFC 6793 §4.2.3: AS_PATH has 2 more ASNs than AS4_PATH.
         let as_path = AsPath::sequence([100, 200, 23456, 300]);
         let as4 = AsPath::sequence([70000, 300]);
-        assert_eq!(merge_as4_path(&as_path, &as4), AsPath::sequence([100, 200, 70000, 300]));
+        assert_eq!(
+            merge_as4_path(&as_path, &as4),
+            AsPath::sequence([100, 200, 70000, 300])
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use attr::{
 };
 pub use error::{AttrError, DecodeError, EncodeError};
 pub use notification::{codes, Notification, MAX_SHUTDOWN_COMMUNICATION_LEN};
-pub use open::{cap_code, Capability, GracefulRestartCap, GrFamily, Open, BGP_VERSION};
+pub use open::{cap_code, Capability, GrFamily, GracefulRestartCap, Open, BGP_VERSION};
 pub use route_refresh::{subtype as route_refresh_subtype, RouteRefresh};
 pub use update::Update;
 
@@ -46,8 +46,25 @@ const MARKER: [u8; 16] = [0xff; 16];
 
 /// A whole KEEPALIVE on the wire, so senders need not run the encoder.
 pub const KEEPALIVE_BYTES: [u8; HEADER_LEN] = [
-    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xff, 0, 19, msg_type::KEEPALIVE,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0,
+    19,
+    msg_type::KEEPALIVE,
 ];
 
 /// What the codec must know about the session (negotiated in OPEN).
@@ -56,6 +73,9 @@ pub struct CodecCtx {
     pub four_octet_as: bool,
 }
 
+// Boxing Update would save a memcpy per move but cost an allocation per
+// message and break the FSM's pattern matches; not worth it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Message {
     Open(Open),
@@ -102,13 +122,10 @@ impl Message {
             Message::Keepalive => Ok(()),
         };
         let len = out.len() - start;
-        let result = body.and_then(|()| {
-            if len > MAX_MESSAGE_LEN {
-                Err(EncodeError::TooLong { len })
-            } else {
-                Ok(())
-            }
-        });
+        let result = match body {
+            Ok(()) if len > MAX_MESSAGE_LEN => Err(EncodeError::TooLong { len }),
+            other => other,
+        };
         match result {
             Ok(()) => {
                 if let Some(field) = out.get_mut(start + 16..start + 18) {
@@ -205,7 +222,14 @@ mod tests {
 
     #[test]
     fn keepalive_round_trips_in_both_contexts() {
-        for ctx in [CodecCtx { four_octet_as: false }, CodecCtx { four_octet_as: true }] {
+        for ctx in [
+            CodecCtx {
+                four_octet_as: false,
+            },
+            CodecCtx {
+                four_octet_as: true,
+            },
+        ] {
             let mut out = BytesMut::new();
             Message::Keepalive.encode(&ctx, &mut out).unwrap();
             assert_eq!(&out[..], &KEEPALIVE_BYTES[..]);
@@ -229,20 +253,34 @@ mod tests {
         let mut msg = header(19, 4);
         msg[3] = 0;
         assert_eq!(codes_of(frame_len(&msg).unwrap_err()), (1, 1, vec![]));
-        assert_eq!(codes_of(frame_len(&msg[..5]).unwrap_err()).0, 1, "caught on a partial header");
+        assert_eq!(
+            codes_of(frame_len(&msg[..5]).unwrap_err()).0,
+            1,
+            "caught on a partial header"
+        );
     }
 
     #[test]
     fn length_out_of_bounds_is_bad_message_length_with_the_length_as_data() {
-        assert_eq!(codes_of(frame_len(&header(18, 4)).unwrap_err()), (1, 2, vec![0, 18]));
-        assert_eq!(codes_of(frame_len(&header(4097, 2)).unwrap_err()), (1, 2, vec![0x10, 0x01]));
+        assert_eq!(
+            codes_of(frame_len(&header(18, 4)).unwrap_err()),
+            (1, 2, vec![0, 18])
+        );
+        assert_eq!(
+            codes_of(frame_len(&header(4097, 2)).unwrap_err()),
+            (1, 2, vec![0x10, 0x01])
+        );
     }
 
     #[test]
     fn type_specific_minimum_lengths_are_enforced() {
         for (ty, bad) in [(1u8, 28u16), (2, 22), (3, 20), (4, 20), (4, 23)] {
             let e = frame_len(&header(bad, ty)).unwrap_err();
-            assert_eq!(codes_of(e), (1, 2, bad.to_be_bytes().to_vec()), "type {ty} len {bad}");
+            assert_eq!(
+                codes_of(e),
+                (1, 2, bad.to_be_bytes().to_vec()),
+                "type {ty} len {bad}"
+            );
         }
         for (ty, good) in [(1u8, 29u16), (2, 23), (3, 21), (4, 19), (5, 23)] {
             assert!(frame_len(&header(good, ty)).is_ok(), "type {ty} len {good}");
@@ -251,15 +289,24 @@ mod tests {
 
     #[test]
     fn unknown_message_type_is_bad_message_type_with_the_type_as_data() {
-        assert_eq!(codes_of(frame_len(&header(19, 6)).unwrap_err()), (1, 3, vec![6]));
-        assert_eq!(codes_of(frame_len(&header(19, 0)).unwrap_err()), (1, 3, vec![0]));
+        assert_eq!(
+            codes_of(frame_len(&header(19, 6)).unwrap_err()),
+            (1, 3, vec![6])
+        );
+        assert_eq!(
+            codes_of(frame_len(&header(19, 0)).unwrap_err()),
+            (1, 3, vec![0])
+        );
     }
 
     #[test]
     fn decode_rejects_a_buffer_that_is_not_exactly_one_message() {
         let mut two = KEEPALIVE_BYTES.to_vec();
         two.extend_from_slice(&KEEPALIVE_BYTES);
-        assert_eq!(codes_of(Message::decode(&two, &CodecCtx::default()).unwrap_err()).1, 2);
+        assert_eq!(
+            codes_of(Message::decode(&two, &CodecCtx::default()).unwrap_err()).1,
+            2
+        );
         assert_eq!(
             codes_of(Message::decode(&KEEPALIVE_BYTES[..18], &CodecCtx::default()).unwrap_err()).1,
             2

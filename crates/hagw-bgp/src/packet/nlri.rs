@@ -21,10 +21,11 @@ impl PrefixError {
     }
 }
 
+/// A zero-padded address, its prefix length and the bytes after it.
+type Split<'a, const N: usize> = ([u8; N], u8, &'a [u8]);
+
 /// Splits one `<length, prefix>` tuple off `buf` into a zero-padded address.
-fn next_prefix<'a, const N: usize>(
-    buf: &'a [u8],
-) -> Result<Option<([u8; N], u8, &'a [u8])>, PrefixError> {
+fn next_prefix<const N: usize>(buf: &[u8]) -> Result<Option<Split<'_, N>>, PrefixError> {
     let Some((&plen, rest)) = buf.split_first() else {
         return Ok(None);
     };
@@ -44,7 +45,8 @@ fn next_prefix<'a, const N: usize>(
 pub(crate) fn decode_v4(mut buf: &[u8], out: &mut Vec<Ipv4Net>) -> Result<(), PrefixError> {
     out.reserve(buf.len() / 4);
     while let Some((addr, plen, rest)) = next_prefix::<4>(buf)? {
-        let net = Ipv4Net::new(Ipv4Addr::from(addr), plen).map_err(|_| PrefixError::TooLong(plen))?;
+        let net =
+            Ipv4Net::new(Ipv4Addr::from(addr), plen).map_err(|_| PrefixError::TooLong(plen))?;
         out.push(net.trunc());
         buf = rest;
     }
@@ -54,7 +56,8 @@ pub(crate) fn decode_v4(mut buf: &[u8], out: &mut Vec<Ipv4Net>) -> Result<(), Pr
 pub(crate) fn decode_v6(mut buf: &[u8], out: &mut Vec<IpNet>) -> Result<(), PrefixError> {
     out.reserve(buf.len() / 8);
     while let Some((addr, plen, rest)) = next_prefix::<16>(buf)? {
-        let net = Ipv6Net::new(Ipv6Addr::from(addr), plen).map_err(|_| PrefixError::TooLong(plen))?;
+        let net =
+            Ipv6Net::new(Ipv6Addr::from(addr), plen).map_err(|_| PrefixError::TooLong(plen))?;
         out.push(IpNet::V6(net.trunc()));
         buf = rest;
     }
@@ -76,14 +79,22 @@ pub(crate) fn encode_v4(net: &Ipv4Net, out: &mut BytesMut) {
     let plen = net.prefix_len();
     let octets = net.network().octets();
     out.put_u8(plen);
-    out.put_slice(octets.get(..usize::from(plen).div_ceil(8)).unwrap_or(&octets));
+    out.put_slice(
+        octets
+            .get(..usize::from(plen).div_ceil(8))
+            .unwrap_or(&octets),
+    );
 }
 
 pub(crate) fn encode_v6(net: &Ipv6Net, out: &mut BytesMut) {
     let plen = net.prefix_len();
     let octets = net.network().octets();
     out.put_u8(plen);
-    out.put_slice(octets.get(..usize::from(plen).div_ceil(8)).unwrap_or(&octets));
+    out.put_slice(
+        octets
+            .get(..usize::from(plen).div_ceil(8))
+            .unwrap_or(&octets),
+    );
 }
 
 pub(crate) fn encode_ip(net: &IpNet, out: &mut BytesMut) {
@@ -117,7 +128,12 @@ mod tests {
         decode_v4(&out, &mut back).unwrap();
         assert_eq!(
             back,
-            vec![v4("0.0.0.0/0"), v4("10.0.0.0/8"), v4("10.0.0.0/15"), v4("192.0.2.1/32")]
+            vec![
+                v4("0.0.0.0/0"),
+                v4("10.0.0.0/8"),
+                v4("10.0.0.0/15"),
+                v4("192.0.2.1/32")
+            ]
         );
     }
 
@@ -133,18 +149,30 @@ mod tests {
 
     #[test]
     fn ipv4_prefix_longer_than_32_is_rejected() {
-        assert_eq!(decode_v4(&[33, 1, 2, 3, 4, 5], &mut Vec::new()), Err(PrefixError::TooLong(33)));
+        assert_eq!(
+            decode_v4(&[33, 1, 2, 3, 4, 5], &mut Vec::new()),
+            Err(PrefixError::TooLong(33))
+        );
     }
 
     #[test]
     fn ipv6_prefix_longer_than_128_is_rejected() {
-        assert_eq!(decode_v6(&[129], &mut Vec::new()), Err(PrefixError::TooLong(129)));
+        assert_eq!(
+            decode_v6(&[129], &mut Vec::new()),
+            Err(PrefixError::TooLong(129))
+        );
     }
 
     #[test]
     fn overrunning_prefix_is_rejected() {
-        assert_eq!(decode_v4(&[24, 10, 0], &mut Vec::new()), Err(PrefixError::Overrun));
-        assert_eq!(decode_v6(&[64, 0x20, 0x01], &mut Vec::new()), Err(PrefixError::Overrun));
+        assert_eq!(
+            decode_v4(&[24, 10, 0], &mut Vec::new()),
+            Err(PrefixError::Overrun)
+        );
+        assert_eq!(
+            decode_v6(&[64, 0x20, 0x01], &mut Vec::new()),
+            Err(PrefixError::Overrun)
+        );
     }
 
     #[test]

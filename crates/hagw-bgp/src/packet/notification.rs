@@ -283,9 +283,7 @@ pub(crate) fn describe(code: u8, subcode: u8) -> String {
             match subcode {
                 fsm::UNSPECIFIED => Some("Unspecified"),
                 fsm::UNEXPECTED_IN_OPEN_SENT => Some("Unexpected Message in OpenSent State"),
-                fsm::UNEXPECTED_IN_OPEN_CONFIRM => {
-                    Some("Unexpected Message in OpenConfirm State")
-                }
+                fsm::UNEXPECTED_IN_OPEN_CONFIRM => Some("Unexpected Message in OpenConfirm State"),
                 fsm::UNEXPECTED_IN_ESTABLISHED => Some("Unexpected Message in Established State"),
                 _ => None,
             },
@@ -330,11 +328,19 @@ mod tests {
     use crate::packet::{CodecCtx, Message};
 
     fn round_trip(n: Notification) {
-        let ctx = CodecCtx::default();
-        let mut out = BytesMut::new();
         let msg = Message::Notification(n);
-        msg.encode(&ctx, &mut out).unwrap();
-        assert_eq!(Message::decode(&out, &ctx).unwrap(), msg);
+        for ctx in [
+            CodecCtx {
+                four_octet_as: false,
+            },
+            CodecCtx {
+                four_octet_as: true,
+            },
+        ] {
+            let mut out = BytesMut::new();
+            msg.encode(&ctx, &mut out).unwrap();
+            assert_eq!(Message::decode(&out, &ctx).unwrap(), msg);
+        }
     }
 
     #[test]

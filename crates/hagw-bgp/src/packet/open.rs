@@ -103,7 +103,7 @@ impl Capability {
             cap_code::FOUR_OCTET_AS => Capability::FourOctetAs(r.u32().ok_or_else(malformed)?),
             cap_code::GRACEFUL_RESTART => {
                 let flags = r.u16().ok_or_else(malformed)?;
-                if r.remaining() % 4 != 0 {
+                if !r.remaining().is_multiple_of(4) {
                     return Err(malformed());
                 }
                 let mut families = Vec::with_capacity(r.remaining() / 4);
@@ -218,7 +218,8 @@ impl Open {
     }
 
     pub fn supports_enhanced_route_refresh(&self) -> bool {
-        self.capabilities.contains(&Capability::EnhancedRouteRefresh)
+        self.capabilities
+            .contains(&Capability::EnhancedRouteRefresh)
     }
 
     pub fn graceful_restart(&self) -> Option<&GracefulRestartCap> {
@@ -256,7 +257,10 @@ impl Open {
         let bgp_id = Ipv4Addr::from(id);
         // RFC 6286 §2.2: any non-zero value is a valid identifier.
         if bgp_id.is_unspecified() {
-            return Err(DecodeError::open(sub::BAD_BGP_IDENTIFIER, "BGP identifier 0.0.0.0"));
+            return Err(DecodeError::open(
+                sub::BAD_BGP_IDENTIFIER,
+                "BGP identifier 0.0.0.0",
+            ));
         }
         let capabilities = decode_optional_parameters(opt_len, r.rest())?;
         let four = capabilities.iter().find_map(|c| match c {
@@ -266,9 +270,17 @@ impl Open {
         let asn = match four {
             // RFC 7607 §2: AS 0 in the OPEN -> Bad Peer AS. AS_TRANS is
             // reserved (RFC 6793 §9) and never a speaker's real ASN.
-            Some(0) => return Err(DecodeError::open(sub::BAD_PEER_AS, "four-octet AS capability carries AS 0")),
+            Some(0) => {
+                return Err(DecodeError::open(
+                    sub::BAD_PEER_AS,
+                    "four-octet AS capability carries AS 0",
+                ))
+            }
             Some(a) if a == u32::from(AS_TRANS) => {
-                return Err(DecodeError::open(sub::BAD_PEER_AS, "four-octet AS capability carries AS_TRANS"))
+                return Err(DecodeError::open(
+                    sub::BAD_PEER_AS,
+                    "four-octet AS capability carries AS_TRANS",
+                ))
             }
             Some(a) => a,
             None if my_as == 0 => return Err(DecodeError::open(sub::BAD_PEER_AS, "My AS is 0")),
@@ -306,7 +318,8 @@ impl Open {
             out.put_u8(caps_len as u8);
         } else {
             // RFC 9072 §2: only when the classic one-octet length cannot hold it.
-            let total = u16::try_from(caps_len + 3).map_err(|_| EncodeError::TooLong { len: caps_len })?;
+            let total =
+                u16::try_from(caps_len + 3).map_err(|_| EncodeError::TooLong { len: caps_len })?;
             out.put_u8(255);
             out.put_u8(PARAM_EXTENDED);
             out.put_u16(total);
@@ -328,14 +341,18 @@ fn decode_optional_parameters(opt_len: u8, rest: &[u8]) -> Result<Vec<Capability
     let extended = opt_len == 255 && rest.first() == Some(&PARAM_EXTENDED);
     let params = if extended {
         let _ = r.u8();
-        let len = r.u16().ok_or_else(|| malformed("extended optional parameters truncated"))?;
+        let len = r
+            .u16()
+            .ok_or_else(|| malformed("extended optional parameters truncated"))?;
         r.take(usize::from(len))
     } else {
         r.take(usize::from(opt_len))
     }
     .ok_or_else(|| malformed("optional parameters overrun the message"))?;
     if !r.is_empty() {
-        return Err(malformed("optional parameters length disagrees with the message length"));
+        return Err(malformed(
+            "optional parameters length disagrees with the message length",
+        ));
     }
     let mut capabilities = Vec::new();
     let mut p = Reader::new(params);
@@ -347,7 +364,9 @@ fn decode_optional_parameters(opt_len: u8, rest: &[u8]) -> Result<Vec<Capability
             p.u8().map(usize::from)
         };
         let (Some(ty), Some(value)) = (ty, len.and_then(|l| p.take(l))) else {
-            return Err(malformed("optional parameter overruns the parameters field"));
+            return Err(malformed(
+                "optional parameter overruns the parameters field",
+            ));
         };
         if ty != PARAM_CAPABILITIES {
             // RFC 4271 §6.2 (type 1, authentication, is deprecated too).
@@ -449,10 +468,20 @@ mod tests {
     #[test]
     fn open_with_every_capability_round_trips_in_both_contexts() {
         let open = full_open();
-        for ctx in [CodecCtx { four_octet_as: false }, CodecCtx { four_octet_as: true }] {
+        for ctx in [
+            CodecCtx {
+                four_octet_as: false,
+            },
+            CodecCtx {
+                four_octet_as: true,
+            },
+        ] {
             let mut out = BytesMut::new();
             Message::Open(open.clone()).encode(&ctx, &mut out).unwrap();
-            assert_eq!(Message::decode(&out, &ctx).unwrap(), Message::Open(open.clone()));
+            assert_eq!(
+                Message::decode(&out, &ctx).unwrap(),
+                Message::Open(open.clone())
+            );
         }
     }
 
@@ -487,7 +516,9 @@ mod tests {
             64, 6, 0x00, 120, 0, 1, 1, 0x80, // GR
         ];
         let msg = decode(&open_bytes(body)).unwrap();
-        let Message::Open(open) = msg else { panic!("not an OPEN") };
+        let Message::Open(open) = msg else {
+            panic!("not an OPEN")
+        };
         assert_eq!(open.asn, 65001);
         assert_eq!(open.hold_time, 180);
         assert_eq!(open.bgp_id, Ipv4Addr::new(10, 0, 0, 1));
@@ -513,8 +544,13 @@ mod tests {
     #[test]
     fn capabilities_split_over_several_parameters_are_all_read() {
         let body: &[u8] = &[4, 0, 100, 0, 90, 1, 2, 3, 4, 8, 2, 2, 2, 0, 2, 2, 70, 0];
-        let Message::Open(open) = decode(&open_bytes(body)).unwrap() else { panic!() };
-        assert_eq!(open.capabilities, vec![Capability::RouteRefresh, Capability::EnhancedRouteRefresh]);
+        let Message::Open(open) = decode(&open_bytes(body)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            open.capabilities,
+            vec![Capability::RouteRefresh, Capability::EnhancedRouteRefresh]
+        );
         assert_eq!(open.asn, 100);
     }
 
@@ -576,8 +612,26 @@ mod tests {
 
     #[test]
     fn malformed_known_capabilities_are_2_0() {
-        for cap in [&[1u8, 3, 0, 1, 0][..], &[65, 2, 0, 1], &[2, 1, 0], &[64, 3, 0, 120, 0]] {
-            let mut body = vec![4, 0, 100, 0, 90, 1, 2, 3, 4, (cap.len() + 2) as u8, 2, cap.len() as u8];
+        for cap in [
+            &[1u8, 3, 0, 1, 0][..],
+            &[65, 2, 0, 1],
+            &[2, 1, 0],
+            &[64, 3, 0, 120, 0],
+        ] {
+            let mut body = vec![
+                4,
+                0,
+                100,
+                0,
+                90,
+                1,
+                2,
+                3,
+                4,
+                (cap.len() + 2) as u8,
+                2,
+                cap.len() as u8,
+            ];
             body.extend_from_slice(cap);
             let e = decode(&open_bytes(&body)).unwrap_err();
             assert_eq!(codes(e), (2, 0), "capability {cap:?}");
@@ -586,7 +640,10 @@ mod tests {
 
     #[test]
     fn four_octet_as_capability_with_as_0_is_bad_peer_as() {
-        let e = decode(&open_bytes(&[4, 0, 100, 0, 90, 1, 2, 3, 4, 8, 2, 6, 65, 4, 0, 0, 0, 0])).unwrap_err();
+        let e = decode(&open_bytes(&[
+            4, 0, 100, 0, 90, 1, 2, 3, 4, 8, 2, 6, 65, 4, 0, 0, 0, 0,
+        ]))
+        .unwrap_err();
         assert_eq!(codes(e), (2, 2));
     }
 
@@ -604,8 +661,10 @@ mod tests {
 
     #[test]
     fn four_octet_capability_as_trans_is_bad_peer_as() {
-        let e = decode(&open_bytes(&[4, 0x5b, 0xa0, 0, 90, 1, 2, 3, 4, 8, 2, 6, 65, 4, 0, 0, 0x5b, 0xa0]))
-            .unwrap_err();
+        let e = decode(&open_bytes(&[
+            4, 0x5b, 0xa0, 0, 90, 1, 2, 3, 4, 8, 2, 6, 65, 4, 0, 0, 0x5b, 0xa0,
+        ]))
+        .unwrap_err();
         assert_eq!(codes(e), (2, 2));
     }
 
@@ -619,7 +678,9 @@ mod tests {
         );
         let out = encode(&open);
         assert_eq!(&out[20..22], &AS_TRANS.to_be_bytes(), "My AS is AS_TRANS");
-        let Message::Open(back) = decode(&out).unwrap() else { panic!() };
+        let Message::Open(back) = decode(&out).unwrap() else {
+            panic!()
+        };
         assert_eq!(back.asn, 4_200_000_000);
     }
 
@@ -627,13 +688,21 @@ mod tests {
     fn restart_time_over_12_bits_is_an_encode_error() {
         let mut cap = gr();
         cap.restart_time = 4096;
-        let open = Open::new(1, 90, Ipv4Addr::new(1, 2, 3, 4), vec![Capability::GracefulRestart(cap)]);
+        let open = Open::new(
+            1,
+            90,
+            Ipv4Addr::new(1, 2, 3, 4),
+            vec![Capability::GracefulRestart(cap)],
+        );
         let mut out = BytesMut::new();
         assert_eq!(
             Message::Open(open).encode(&CodecCtx::default(), &mut out),
             Err(EncodeError::RestartTimeTooLarge(4096))
         );
-        assert!(out.is_empty(), "a failed encode leaves the buffer untouched");
+        assert!(
+            out.is_empty(),
+            "a failed encode leaves the buffer untouched"
+        );
     }
 
     #[test]
@@ -650,7 +719,10 @@ mod tests {
         let mut out = BytesMut::new();
         assert_eq!(
             Message::Open(open).encode(&CodecCtx::default(), &mut out),
-            Err(EncodeError::CapabilityTooLong { code: 200, len: 256 })
+            Err(EncodeError::CapabilityTooLong {
+                code: 200,
+                len: 256
+            })
         );
     }
 }

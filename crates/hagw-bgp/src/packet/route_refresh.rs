@@ -63,7 +63,14 @@ mod tests {
 
     #[test]
     fn route_refresh_round_trips_with_known_bytes() {
-        for ctx in [CodecCtx { four_octet_as: false }, CodecCtx { four_octet_as: true }] {
+        for ctx in [
+            CodecCtx {
+                four_octet_as: false,
+            },
+            CodecCtx {
+                four_octet_as: true,
+            },
+        ] {
             for rr in [
                 RouteRefresh::new(2, 1),
                 RouteRefresh {
@@ -79,7 +86,10 @@ mod tests {
             ] {
                 let mut out = BytesMut::new();
                 Message::RouteRefresh(rr).encode(&ctx, &mut out).unwrap();
-                assert_eq!(Message::decode(&out, &ctx).unwrap(), Message::RouteRefresh(rr));
+                assert_eq!(
+                    Message::decode(&out, &ctx).unwrap(),
+                    Message::RouteRefresh(rr)
+                );
             }
         }
         let mut out = BytesMut::new();

@@ -25,7 +25,11 @@ pub struct Update {
 impl Update {
     /// All prefixes announced: IPv4 NLRI then MP_REACH.
     pub fn announced(&self) -> Vec<IpNet> {
-        let mp = self.attrs.mp_reach.as_ref().map_or(&[][..], |m| &m.nlri[..]);
+        let mp = self
+            .attrs
+            .mp_reach
+            .as_ref()
+            .map_or(&[][..], |m| &m.nlri[..]);
         let mut out = Vec::with_capacity(self.nlri.len() + mp.len());
         out.extend(self.nlri.iter().copied().map(IpNet::V4));
         out.extend_from_slice(mp);
@@ -34,7 +38,11 @@ impl Update {
 
     /// All prefixes withdrawn: Withdrawn Routes then MP_UNREACH.
     pub fn withdrawn_all(&self) -> Vec<IpNet> {
-        let mp = self.attrs.mp_unreach.as_ref().map_or(&[][..], |m| &m.withdrawn[..]);
+        let mp = self
+            .attrs
+            .mp_unreach
+            .as_ref()
+            .map_or(&[][..], |m| &m.withdrawn[..]);
         let mut out = Vec::with_capacity(self.withdrawn.len() + mp.len());
         out.extend(self.withdrawn.iter().copied().map(IpNet::V4));
         out.extend_from_slice(mp);
@@ -84,7 +92,9 @@ impl Update {
         let withdrawn_bytes = r
             .take(usize::from(withdrawn_len))
             .ok_or_else(|| overrun("Withdrawn Routes Length overruns the message"))?;
-        let attrs_len = r.u16().ok_or_else(|| overrun("Withdrawn Routes Length overruns the message"))?;
+        let attrs_len = r
+            .u16()
+            .ok_or_else(|| overrun("Withdrawn Routes Length overruns the message"))?;
         let attr_bytes = r
             .take(usize::from(attrs_len))
             .ok_or_else(|| overrun("Total Path Attribute Length overruns the message"))?;
@@ -118,8 +128,8 @@ impl Update {
             } else {
                 None
             };
-            treat_as_withdraw = missing
-                .map(|ty| AttrError::new(ty, "missing well-known mandatory attribute"));
+            treat_as_withdraw =
+                missing.map(|ty| AttrError::new(ty, "missing well-known mandatory attribute"));
         }
         Ok(Update {
             withdrawn,
@@ -131,10 +141,18 @@ impl Update {
     }
 
     /// `treat_as_withdraw` and `discarded` are receive-side notes and are not encoded.
-    pub(crate) fn encode_body(&self, ctx: &CodecCtx, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let withdrawn_len: usize = self.withdrawn.iter().map(|n| nlri::encoded_len(n.prefix_len())).sum();
-        let withdrawn_len16 =
-            u16::try_from(withdrawn_len).map_err(|_| EncodeError::TooLong { len: withdrawn_len })?;
+    pub(crate) fn encode_body(
+        &self,
+        ctx: &CodecCtx,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let withdrawn_len: usize = self
+            .withdrawn
+            .iter()
+            .map(|n| nlri::encoded_len(n.prefix_len()))
+            .sum();
+        let withdrawn_len16 = u16::try_from(withdrawn_len)
+            .map_err(|_| EncodeError::TooLong { len: withdrawn_len })?;
         out.put_u16(withdrawn_len16);
         self.withdrawn.iter().for_each(|n| nlri::encode_v4(n, out));
 
@@ -142,7 +160,8 @@ impl Update {
         out.put_u16(0); // patched below
         attr::encode(&self.attrs, ctx, out)?;
         let attrs_len = out.len() - attrs_at - 2;
-        let attrs_len16 = u16::try_from(attrs_len).map_err(|_| EncodeError::TooLong { len: attrs_len })?;
+        let attrs_len16 =
+            u16::try_from(attrs_len).map_err(|_| EncodeError::TooLong { len: attrs_len })?;
         if let Some(field) = out.get_mut(attrs_at..attrs_at + 2) {
             field.copy_from_slice(&attrs_len16.to_be_bytes());
         }
@@ -161,8 +180,12 @@ mod tests {
     };
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    const TWO: CodecCtx = CodecCtx { four_octet_as: false };
-    const FOUR: CodecCtx = CodecCtx { four_octet_as: true };
+    const TWO: CodecCtx = CodecCtx {
+        four_octet_as: false,
+    };
+    const FOUR: CodecCtx = CodecCtx {
+        four_octet_as: true,
+    };
     const WK: u8 = 0x40; // well-known: transitive only
     const OPT_T: u8 = 0xc0;
     const OPT_NT: u8 = 0x80;
@@ -311,19 +334,58 @@ mod tests {
             ..PathAttributes::default()
         };
         let variants = [
-            PathAttributes { med: full.med, ..base.clone() },
-            PathAttributes { local_pref: full.local_pref, ..base.clone() },
-            PathAttributes { atomic_aggregate: true, ..base.clone() },
-            PathAttributes { aggregator: Some((65001, Ipv4Addr::new(1, 2, 3, 4))), ..base.clone() },
-            PathAttributes { aggregator: full.aggregator, ..base.clone() },
-            PathAttributes { communities: full.communities.clone(), ..base.clone() },
-            PathAttributes { ext_communities: full.ext_communities.clone(), ..base.clone() },
-            PathAttributes { large_communities: full.large_communities.clone(), ..base.clone() },
-            PathAttributes { mp_reach: full.mp_reach.clone(), ..base.clone() },
-            PathAttributes { mp_unreach: full.mp_unreach.clone(), ..base.clone() },
-            PathAttributes { unknown: full.unknown.clone(), ..base.clone() },
-            PathAttributes { as_path: full.as_path.clone(), ..base.clone() },
-            PathAttributes { origin: Some(Origin::Igp), ..base.clone() },
+            PathAttributes {
+                med: full.med,
+                ..base.clone()
+            },
+            PathAttributes {
+                local_pref: full.local_pref,
+                ..base.clone()
+            },
+            PathAttributes {
+                atomic_aggregate: true,
+                ..base.clone()
+            },
+            PathAttributes {
+                aggregator: Some((65001, Ipv4Addr::new(1, 2, 3, 4))),
+                ..base.clone()
+            },
+            PathAttributes {
+                aggregator: full.aggregator,
+                ..base.clone()
+            },
+            PathAttributes {
+                communities: full.communities.clone(),
+                ..base.clone()
+            },
+            PathAttributes {
+                ext_communities: full.ext_communities.clone(),
+                ..base.clone()
+            },
+            PathAttributes {
+                large_communities: full.large_communities.clone(),
+                ..base.clone()
+            },
+            PathAttributes {
+                mp_reach: full.mp_reach.clone(),
+                ..base.clone()
+            },
+            PathAttributes {
+                mp_unreach: full.mp_unreach.clone(),
+                ..base.clone()
+            },
+            PathAttributes {
+                unknown: full.unknown.clone(),
+                ..base.clone()
+            },
+            PathAttributes {
+                as_path: full.as_path.clone(),
+                ..base.clone()
+            },
+            PathAttributes {
+                origin: Some(Origin::Igp),
+                ..base.clone()
+            },
         ];
         for attrs in variants {
             let u = Update {
@@ -358,7 +420,10 @@ mod tests {
         assert_eq!(decode(&want, &FOUR).unwrap(), u);
         // Same route on a two-octet session.
         let two = encode(&u, &TWO);
-        assert_eq!(&two[23..38], &[0x40, 1, 1, 0, 0x40, 2, 4, 2, 1, 0xfd, 0xe9, 0x40, 3, 4, 10]);
+        assert_eq!(
+            &two[23..38],
+            &[0x40, 1, 1, 0, 0x40, 2, 4, 2, 1, 0xfd, 0xe9, 0x40, 3, 4, 10]
+        );
         assert_eq!(decode(&two, &TWO).unwrap(), u);
     }
 
@@ -382,7 +447,10 @@ mod tests {
     #[test]
     fn end_of_rib_for_a_family_we_do_not_parse_is_still_recognised() {
         let eor = Update::end_of_rib(1, 128);
-        assert_eq!(decode(&encode(&eor, &FOUR), &FOUR).unwrap().is_end_of_rib(), Some((1, 128)));
+        assert_eq!(
+            decode(&encode(&eor, &FOUR), &FOUR).unwrap().is_end_of_rib(),
+            Some((1, 128))
+        );
     }
 
     #[test]
@@ -428,7 +496,10 @@ mod tests {
         let u = with_extra(&FOUR, &[]).unwrap();
         assert_eq!(u.nlri, vec![v4("10.0.0.0/8")]);
         let bytes = update_bytes(&[], &mandatory(&FOUR), &[9, 10, 0xff]);
-        assert_eq!(decode(&bytes, &FOUR).unwrap().nlri, vec![v4("10.128.0.0/9")]);
+        assert_eq!(
+            decode(&bytes, &FOUR).unwrap().nlri,
+            vec![v4("10.128.0.0/9")]
+        );
     }
 
     #[test]
@@ -467,20 +538,30 @@ mod tests {
         let attrs: Vec<u8> = mandatory(&FOUR)[4..].to_vec();
         let u = decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap();
         assert_taw(&u, ORIGIN);
-        assert_eq!(u.announced(), vec![net("10.0.0.0/8")], "prefixes kept so they can be withdrawn");
+        assert_eq!(
+            u.announced(),
+            vec![net("10.0.0.0/8")],
+            "prefixes kept so they can be withdrawn"
+        );
     }
 
     #[test]
     fn missing_as_path_is_treat_as_withdraw() {
         let mut attrs = attr(WK, ORIGIN, &[0]);
         attrs.extend(attr(WK, NEXT_HOP, &[1, 1, 1, 1]));
-        assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), AS_PATH);
+        assert_taw(
+            &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+            AS_PATH,
+        );
     }
 
     #[test]
     fn missing_next_hop_with_ipv4_nlri_is_treat_as_withdraw() {
         let attrs = mandatory(&FOUR)[..13].to_vec();
-        assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), NEXT_HOP);
+        assert_taw(
+            &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+            NEXT_HOP,
+        );
     }
 
     #[test]
@@ -494,7 +575,10 @@ mod tests {
             },
             ..Update::default()
         };
-        assert_eq!(decode(&encode(&u, &FOUR), &FOUR).unwrap().treat_as_withdraw, None);
+        assert_eq!(
+            decode(&encode(&u, &FOUR), &FOUR).unwrap().treat_as_withdraw,
+            None
+        );
     }
 
     #[test]
@@ -514,21 +598,27 @@ mod tests {
     fn malformed_origin_is_treat_as_withdraw() {
         let mut attrs = attr(WK, ORIGIN, &[3]);
         attrs.extend_from_slice(&mandatory(&FOUR)[4..]);
-        assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), ORIGIN);
+        assert_taw(
+            &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+            ORIGIN,
+        );
         let mut attrs = attr(WK, ORIGIN, &[0, 0]);
         attrs.extend_from_slice(&mandatory(&FOUR)[4..]);
-        assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), ORIGIN);
+        assert_taw(
+            &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+            ORIGIN,
+        );
     }
 
     #[test]
     fn malformed_as_path_is_treat_as_withdraw() {
         for (ctx, bad) in [
-            (FOUR, &[2u8, 0][..]),               // zero-length segment
-            (FOUR, &[5, 1, 0, 0, 0, 1]),         // unknown segment type
-            (FOUR, &[2, 2, 0, 0, 0, 1]),         // overrun
-            (FOUR, &[2, 1, 0, 0, 0, 1, 2]),      // lone trailing octet
-            (TWO, &[2, 2, 0, 1, 0]),             // overrun, two-octet
-            (FOUR, &[2, 1, 0, 0, 0, 0]),         // AS 0 (RFC 7607)
+            (FOUR, &[2u8, 0][..]),          // zero-length segment
+            (FOUR, &[5, 1, 0, 0, 0, 1]),    // unknown segment type
+            (FOUR, &[2, 2, 0, 0, 0, 1]),    // overrun
+            (FOUR, &[2, 1, 0, 0, 0, 1, 2]), // lone trailing octet
+            (TWO, &[2, 2, 0, 1, 0]),        // overrun, two-octet
+            (FOUR, &[2, 1, 0, 0, 0, 0]),    // AS 0 (RFC 7607)
         ] {
             let mut attrs = attr(WK, ORIGIN, &[0]);
             attrs.extend(attr(WK, AS_PATH, bad));
@@ -542,7 +632,10 @@ mod tests {
     fn next_hop_of_wrong_length_is_treat_as_withdraw() {
         let mut attrs = mandatory(&FOUR)[..13].to_vec();
         attrs.extend(attr(WK, NEXT_HOP, &[1, 1, 1]));
-        assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), NEXT_HOP);
+        assert_taw(
+            &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+            NEXT_HOP,
+        );
     }
 
     #[test]
@@ -550,19 +643,34 @@ mod tests {
         for nh in [[0, 0, 0, 0], [224, 0, 0, 5], [255, 255, 255, 255]] {
             let mut attrs = mandatory(&FOUR)[..13].to_vec();
             attrs.extend(attr(WK, NEXT_HOP, &nh));
-            assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), NEXT_HOP);
+            assert_taw(
+                &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+                NEXT_HOP,
+            );
         }
     }
 
     #[test]
     fn med_and_local_pref_of_wrong_length_are_treat_as_withdraw() {
-        assert_taw(&with_extra(&FOUR, &attr(OPT_NT, MULTI_EXIT_DISC, &[0, 1])).unwrap(), MULTI_EXIT_DISC);
-        assert_taw(&with_extra(&FOUR, &attr(WK, LOCAL_PREF, &[0, 0, 0, 0, 1])).unwrap(), LOCAL_PREF);
+        assert_taw(
+            &with_extra(&FOUR, &attr(OPT_NT, MULTI_EXIT_DISC, &[0, 1])).unwrap(),
+            MULTI_EXIT_DISC,
+        );
+        assert_taw(
+            &with_extra(&FOUR, &attr(WK, LOCAL_PREF, &[0, 0, 0, 0, 1])).unwrap(),
+            LOCAL_PREF,
+        );
     }
 
     #[test]
     fn communities_of_bad_length_are_treat_as_withdraw() {
-        for (ty, len) in [(COMMUNITIES, 0usize), (COMMUNITIES, 6), (EXTENDED_COMMUNITIES, 4), (LARGE_COMMUNITIES, 8), (LARGE_COMMUNITIES, 0)] {
+        for (ty, len) in [
+            (COMMUNITIES, 0usize),
+            (COMMUNITIES, 6),
+            (EXTENDED_COMMUNITIES, 4),
+            (LARGE_COMMUNITIES, 8),
+            (LARGE_COMMUNITIES, 0),
+        ] {
             let u = with_extra(&FOUR, &attr(OPT_T, ty, &vec![1; len])).unwrap();
             assert_taw(&u, ty);
         }
@@ -575,7 +683,10 @@ mod tests {
             v.extend_from_slice(&c);
         }
         let u = with_extra(&FOUR, &attr(OPT_T, LARGE_COMMUNITIES, &v)).unwrap();
-        assert_eq!(u.attrs.large_communities, vec![(0, 0, 0), (0x0101_0101, 0x0101_0101, 0x0101_0101)]);
+        assert_eq!(
+            u.attrs.large_communities,
+            vec![(0, 0, 0), (0x0101_0101, 0x0101_0101, 0x0101_0101)]
+        );
         assert_eq!(u.treat_as_withdraw, None);
     }
 
@@ -610,14 +721,27 @@ mod tests {
         // ORIGIN marked optional; COMMUNITIES marked non-transitive.
         let mut attrs = attr(OPT_T, ORIGIN, &[0]);
         attrs.extend_from_slice(&mandatory(&FOUR)[4..]);
-        assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), ORIGIN);
-        assert_taw(&with_extra(&FOUR, &attr(OPT_NT, COMMUNITIES, &[0, 0, 0, 1])).unwrap(), COMMUNITIES);
-        assert_taw(&with_extra(&FOUR, &attr(OPT_T, MULTI_EXIT_DISC, &[0, 0, 0, 1])).unwrap(), MULTI_EXIT_DISC);
+        assert_taw(
+            &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+            ORIGIN,
+        );
+        assert_taw(
+            &with_extra(&FOUR, &attr(OPT_NT, COMMUNITIES, &[0, 0, 0, 1])).unwrap(),
+            COMMUNITIES,
+        );
+        assert_taw(
+            &with_extra(&FOUR, &attr(OPT_T, MULTI_EXIT_DISC, &[0, 0, 0, 1])).unwrap(),
+            MULTI_EXIT_DISC,
+        );
     }
 
     #[test]
     fn partial_and_extended_length_flags_are_accepted() {
-        let u = with_extra(&FOUR, &attr(OPT_T | 0x20 | 0x10, COMMUNITIES, &[0, 0, 0, 1])).unwrap();
+        let u = with_extra(
+            &FOUR,
+            &attr(OPT_T | 0x20 | 0x10, COMMUNITIES, &[0, 0, 0, 1]),
+        )
+        .unwrap();
         assert_eq!(u.treat_as_withdraw, None);
         assert_eq!(u.attrs.communities, vec![1]);
     }
@@ -627,12 +751,21 @@ mod tests {
         let u = with_extra(&FOUR, &attr(WK, ORIGIN, &[2])).unwrap();
         assert_eq!(u.attrs.origin, Some(Origin::Igp));
         assert_eq!(u.treat_as_withdraw, None);
-        assert_eq!(u.discarded, vec![AttrError::new(ORIGIN, "duplicate attribute discarded")]);
+        assert_eq!(
+            u.discarded,
+            vec![AttrError::new(ORIGIN, "duplicate attribute discarded")]
+        );
     }
 
     #[test]
     fn duplicate_mp_reach_is_malformed_attribute_list() {
-        let mp = attr(OPT_NT, MP_REACH_NLRI, &[0, 2, 1, 16, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let mp = attr(
+            OPT_NT,
+            MP_REACH_NLRI,
+            &[
+                0, 2, 1, 16, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
+            ],
+        );
         let mut extra = mp.clone();
         extra.extend(mp);
         assert_reset(with_extra(&FOUR, &extra).unwrap_err(), 3, 1);
@@ -662,7 +795,10 @@ mod tests {
             }]
         );
         let again = encode(&u, &FOUR);
-        assert!(again.windows(5).any(|w| w == [0xe0, 99, 2, 1, 2]), "re-advertised with Partial");
+        assert!(
+            again.windows(5).any(|w| w == [0xe0, 99, 2, 1, 2]),
+            "re-advertised with Partial"
+        );
     }
 
     #[test]
@@ -687,8 +823,16 @@ mod tests {
 
     #[test]
     fn malformed_withdrawn_routes_are_invalid_network_field() {
-        assert_reset(decode(&update_bytes(&[40, 1, 2, 3, 4, 5], &[], &[]), &FOUR).unwrap_err(), 3, 10);
-        assert_reset(decode(&update_bytes(&[16, 10], &[], &[]), &FOUR).unwrap_err(), 3, 10);
+        assert_reset(
+            decode(&update_bytes(&[40, 1, 2, 3, 4, 5], &[], &[]), &FOUR).unwrap_err(),
+            3,
+            10,
+        );
+        assert_reset(
+            decode(&update_bytes(&[16, 10], &[], &[]), &FOUR).unwrap_err(),
+            3,
+            10,
+        );
     }
 
     #[test]
@@ -697,7 +841,11 @@ mod tests {
         v.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets());
         v.push(0);
         v.extend_from_slice(&[129, 0]);
-        assert_reset(with_extra(&FOUR, &attr(OPT_NT, MP_REACH_NLRI, &v)).unwrap_err(), 3, 10);
+        assert_reset(
+            with_extra(&FOUR, &attr(OPT_NT, MP_REACH_NLRI, &v)).unwrap_err(),
+            3,
+            10,
+        );
     }
 
     #[test]
@@ -722,9 +870,21 @@ mod tests {
 
     #[test]
     fn truncated_mp_attributes_are_optional_attribute_error() {
-        assert_reset(with_extra(&FOUR, &attr(OPT_NT, MP_REACH_NLRI, &[0, 2, 1, 16, 0])).unwrap_err(), 3, 9);
-        assert_reset(with_extra(&FOUR, &attr(OPT_NT, MP_REACH_NLRI, &[0, 2, 1, 0])).unwrap_err(), 3, 9);
-        assert_reset(with_extra(&FOUR, &attr(OPT_NT, MP_UNREACH_NLRI, &[0, 2])).unwrap_err(), 3, 9);
+        assert_reset(
+            with_extra(&FOUR, &attr(OPT_NT, MP_REACH_NLRI, &[0, 2, 1, 16, 0])).unwrap_err(),
+            3,
+            9,
+        );
+        assert_reset(
+            with_extra(&FOUR, &attr(OPT_NT, MP_REACH_NLRI, &[0, 2, 1, 0])).unwrap_err(),
+            3,
+            9,
+        );
+        assert_reset(
+            with_extra(&FOUR, &attr(OPT_NT, MP_UNREACH_NLRI, &[0, 2])).unwrap_err(),
+            3,
+            9,
+        );
     }
 
     #[test]
@@ -760,17 +920,27 @@ mod tests {
         attrs.extend_from_slice(&[OPT_T, COMMUNITIES, 8, 0, 0, 0, 1]);
         let u = decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap();
         assert_taw(&u, COMMUNITIES);
-        assert_eq!(u.nlri, vec![v4("10.0.0.0/8")], "NLRI located via the total length");
+        assert_eq!(
+            u.nlri,
+            vec![v4("10.0.0.0/8")],
+            "NLRI located via the total length"
+        );
     }
 
     #[test]
     fn truncated_attribute_header_is_treat_as_withdraw() {
         let mut attrs = mandatory(&FOUR);
         attrs.extend_from_slice(&[OPT_T, COMMUNITIES]);
-        assert_taw(&decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(), 0);
+        assert_taw(
+            &decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap(),
+            0,
+        );
         let mut attrs = mandatory(&FOUR);
         attrs.extend_from_slice(&[OPT_T | 0x10, COMMUNITIES, 0]);
-        assert!(decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR).unwrap().treat_as_withdraw.is_some());
+        assert!(decode(&update_bytes(&[], &attrs, &[8, 10]), &FOUR)
+            .unwrap()
+            .treat_as_withdraw
+            .is_some());
     }
 
     #[test]
@@ -799,15 +969,42 @@ mod tests {
         let bytes = encode(&u, &TWO);
         let trans = AS_TRANS.to_be_bytes();
         let as_path = [0x40, AS_PATH, 6, 2, 2, 0xfd, 0xe9, trans[0], trans[1]];
-        assert!(bytes.windows(as_path.len()).any(|w| w == as_path), "AS_PATH uses AS_TRANS");
+        assert!(
+            bytes.windows(as_path.len()).any(|w| w == as_path),
+            "AS_PATH uses AS_TRANS"
+        );
         let big = 4_200_000_000u32.to_be_bytes();
-        let as4 = [OPT_T, AS4_PATH, 10, 2, 2, 0, 0, 0xfd, 0xe9, big[0], big[1], big[2], big[3]];
-        assert!(bytes.windows(as4.len()).any(|w| w == as4), "AS4_PATH carries the real path");
+        let as4 = [
+            OPT_T, AS4_PATH, 10, 2, 2, 0, 0, 0xfd, 0xe9, big[0], big[1], big[2], big[3],
+        ];
+        assert!(
+            bytes.windows(as4.len()).any(|w| w == as4),
+            "AS4_PATH carries the real path"
+        );
         let agg = [OPT_T, AGGREGATOR, 6, trans[0], trans[1], 1, 2, 3, 4];
-        assert!(bytes.windows(agg.len()).any(|w| w == agg), "AGGREGATOR uses AS_TRANS");
-        let as4agg = [OPT_T, AS4_AGGREGATOR, 8, big[0], big[1], big[2], big[3], 1, 2, 3, 4];
+        assert!(
+            bytes.windows(agg.len()).any(|w| w == agg),
+            "AGGREGATOR uses AS_TRANS"
+        );
+        let as4agg = [
+            OPT_T,
+            AS4_AGGREGATOR,
+            8,
+            big[0],
+            big[1],
+            big[2],
+            big[3],
+            1,
+            2,
+            3,
+            4,
+        ];
         assert!(bytes.windows(as4agg.len()).any(|w| w == as4agg));
-        assert_eq!(decode(&bytes, &TWO).unwrap(), u, "reconstructed per RFC 6793 §4.2.3");
+        assert_eq!(
+            decode(&bytes, &TWO).unwrap(),
+            u,
+            "reconstructed per RFC 6793 §4.2.3"
+        );
         // A four-octet session sends none of that.
         let four = encode(&u, &FOUR);
         assert!(!four.windows(2).any(|w| w == [OPT_T, AS4_PATH]));
@@ -838,7 +1035,10 @@ mod tests {
         attrs.extend(attr(WK, NEXT_HOP, &[1, 1, 1, 1]));
         attrs.extend(attr(OPT_T, AS4_PATH, &[2, 1, 0xfa, 0x56, 0xea, 0x00]));
         let u = decode(&update_bytes(&[], &attrs, &[8, 10]), &TWO).unwrap();
-        assert_eq!(u.attrs.as_path, Some(AsPath::sequence([100, 200, 4_200_000_000])));
+        assert_eq!(
+            u.attrs.as_path,
+            Some(AsPath::sequence([100, 200, 4_200_000_000]))
+        );
         assert!(u.discarded.is_empty());
     }
 
@@ -849,7 +1049,11 @@ mod tests {
         attrs.extend(attr(WK, NEXT_HOP, &[1, 1, 1, 1]));
         attrs.extend(attr(OPT_T, AGGREGATOR, &[0, 100, 9, 9, 9, 9]));
         attrs.extend(attr(OPT_T, AS4_PATH, &[2, 1, 0xfa, 0x56, 0xea, 0x00]));
-        attrs.extend(attr(OPT_T, AS4_AGGREGATOR, &[0xfa, 0x56, 0xea, 0x00, 8, 8, 8, 8]));
+        attrs.extend(attr(
+            OPT_T,
+            AS4_AGGREGATOR,
+            &[0xfa, 0x56, 0xea, 0x00, 8, 8, 8, 8],
+        ));
         let u = decode(&update_bytes(&[], &attrs, &[8, 10]), &TWO).unwrap();
         assert_eq!(u.attrs.as_path, Some(AsPath::sequence([100, 23456])));
         assert_eq!(u.attrs.aggregator, Some((100, Ipv4Addr::new(9, 9, 9, 9))));
@@ -873,7 +1077,11 @@ mod tests {
 
     #[test]
     fn lone_as4_aggregator_is_discarded() {
-        let u = with_extra(&TWO, &attr(OPT_T, AS4_AGGREGATOR, &[0, 1, 0, 0, 1, 1, 1, 1])).unwrap();
+        let u = with_extra(
+            &TWO,
+            &attr(OPT_T, AS4_AGGREGATOR, &[0, 1, 0, 0, 1, 1, 1, 1]),
+        )
+        .unwrap();
         assert_eq!(u.attrs.aggregator, None);
         assert_eq!(u.discarded[0].type_code, AS4_AGGREGATOR);
     }
@@ -881,7 +1089,9 @@ mod tests {
     #[test]
     fn too_long_update_is_an_encode_error() {
         let u = Update {
-            withdrawn: (0..1100u32).map(|i| Ipv4Net::new(Ipv4Addr::from(i << 8), 24).unwrap()).collect(),
+            withdrawn: (0..1100u32)
+                .map(|i| Ipv4Net::new(Ipv4Addr::from(i << 8), 24).unwrap())
+                .collect(),
             ..Update::default()
         };
         let mut out = BytesMut::new();
@@ -898,15 +1108,27 @@ mod tests {
         if let Some(mp) = attrs.mp_reach.as_mut() {
             mp.next_hops = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         }
-        let u = Update { attrs, ..Update::default() };
+        let u = Update {
+            attrs,
+            ..Update::default()
+        };
         let mut out = BytesMut::new();
-        assert!(matches!(Message::Update(u).encode(&FOUR, &mut out), Err(EncodeError::InvalidMp(_))));
+        assert!(matches!(
+            Message::Update(u).encode(&FOUR, &mut out),
+            Err(EncodeError::InvalidMp(_))
+        ));
         let mut attrs = full_attrs();
         if let Some(mp) = attrs.mp_reach.as_mut() {
             mp.nlri.push(net("10.0.0.0/8"));
         }
-        let u = Update { attrs, ..Update::default() };
-        assert!(matches!(Message::Update(u).encode(&FOUR, &mut out), Err(EncodeError::InvalidMp(_))));
+        let u = Update {
+            attrs,
+            ..Update::default()
+        };
+        assert!(matches!(
+            Message::Update(u).encode(&FOUR, &mut out),
+            Err(EncodeError::InvalidMp(_))
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
 use tokio::sync::oneshot;
 
 /// A flow whose last echo is older than this is counted as broken even if
@@ -131,12 +131,10 @@ fn with_flow(flows: &Flows, id: usize, f: impl FnOnce(&mut Flow)) {
     }
 }
 
-pub fn hold(
-    target: SocketAddr,
-    count: usize,
-    socket: &Path,
-    ready: Option<&Path>,
-) -> anyhow::Result<()> {
+pub fn hold(a: &HoldArgs) -> anyhow::Result<()> {
+    let (target, count, socket, ready) =
+        (a.target, a.count, a.socket.as_path(), a.ready.as_deref());
+    let bind_first = a.bind_first;
     runtime()?.block_on(async {
         let flows: Flows = Arc::new(Mutex::new(
             (0..count)
@@ -174,7 +172,7 @@ pub fn hold(
         for id in 0..count {
             let (tx, rx) = oneshot::channel();
             settled.push(rx);
-            tokio::spawn(keep_flow(id, target, flows.clone(), tx));
+            tokio::spawn(keep_flow(id, target, bind_first, flows.clone(), tx));
         }
         for rx in settled {
             let _ = rx.await;
@@ -235,9 +233,15 @@ async fn answer(
     Ok(())
 }
 
-async fn keep_flow(id: usize, target: SocketAddr, flows: Flows, settled: oneshot::Sender<()>) {
+async fn keep_flow(
+    id: usize,
+    target: SocketAddr,
+    bind_first: bool,
+    flows: Flows,
+    settled: oneshot::Sender<()>,
+) {
     let mut settled = Some(settled);
-    let result = run_flow(id, target, &flows, &mut settled).await;
+    let result = run_flow(id, target, bind_first, &flows, &mut settled).await;
     let error = match result {
         Ok(()) => "closed".to_string(),
         Err(e) => format!("{e:#}"),
@@ -254,10 +258,31 @@ async fn keep_flow(id: usize, target: SocketAddr, flows: Flows, settled: oneshot
 async fn run_flow(
     id: usize,
     target: SocketAddr,
+    bind_first: bool,
     flows: &Flows,
     settled: &mut Option<oneshot::Sender<()>>,
 ) -> anyhow::Result<()> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
+    let connect = async {
+        if !bind_first {
+            return TcpStream::connect(target).await;
+        }
+        // Bound (port 0) before connect: the kernel knows the source port at
+        // the connect-time route lookup, so the flow's first path is already
+        // its 5-tuple hash's (see `hagw lab up --help`).
+        let sock = if target.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        let any: SocketAddr = if target.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        sock.bind(any)?;
+        sock.connect(target).await
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| anyhow::anyhow!("connect: no answer within {CONNECT_TIMEOUT:?}"))?
         .context("connect")?;
@@ -343,4 +368,7 @@ pub struct HoldArgs {
     /// Written once every connection has opened or failed.
     #[arg(long)]
     pub ready: Option<PathBuf>,
+    /// Bind each socket (port 0) before connecting.
+    #[arg(long)]
+    pub bind_first: bool,
 }

@@ -78,6 +78,14 @@ pub struct UpArgs {
     /// Seconds to wait for the host's default route to have every router.
     #[arg(long, default_value_t = 20)]
     pub timeout: u64,
+    /// Bind each flow's socket before connecting. A plain connect() (what most
+    /// programs do) gets its first path from a route lookup made before the
+    /// kernel picked its source port; the first route change (a fail, a heal)
+    /// then re-hashes it by its 5-tuple and about half of the flows move to
+    /// the other router, whose SNAT the server does not know (RST). Bound
+    /// flows start on their 5-tuple path and stay there: compare `heal`.
+    #[arg(long)]
+    pub flows_bind_first: bool,
     // BFD: a later issue adds `--bfd` here and passes it on in
     // `topology::Options`.
 }
@@ -107,7 +115,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         LabCmd::Heal(a) => heal(a),
         LabCmd::Down => down(),
         LabCmd::ServeInternal(a) => flows::serve(a.listen, a.ready.as_deref()),
-        LabCmd::FlowsInternal(a) => flows::hold(a.target, a.count, &a.socket, a.ready.as_deref()),
+        LabCmd::FlowsInternal(a) => flows::hold(&a),
     }
 }
 
@@ -237,6 +245,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         cut: Vec::new(),
         flows_socket: None,
         flows_requested: a.flows,
+        flows_bind_first: a.flows_bind_first,
     };
     let built = st
         .save()
@@ -330,6 +339,7 @@ fn build_and_start(
         "waiting for the host's default route to list {} ... ",
         join(&want)
     );
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let t0 = Instant::now();
     let timeout = Duration::from_secs(a.timeout);
     loop {
@@ -388,15 +398,24 @@ fn build_and_start(
                 socket.display().to_string(),
                 "--ready".into(),
                 ready.display().to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(a.flows_bind_first.then(|| "--bind-first".to_string()))
+            .collect::<Vec<_>>(),
         )?;
         st.flows_socket = Some(socket.clone());
         st.save()?;
         wait_file(&ready, &holder, Duration::from_secs(20), intr)?;
         let report = flows::query(&socket)?;
         println!(
-            "\nflows: {} TCP connections from {host} to {target} (pid {}), a line a second each:",
-            a.flows, holder.pid
+            "\nflows: {} TCP connections from {host} to {target} (pid {}){}, a line a second each:",
+            a.flows,
+            holder.pid,
+            if a.flows_bind_first {
+                ", bound before connect"
+            } else {
+                ""
+            }
         );
         print_spread(topo, &report);
         let opened = report.flows.iter().filter(|f| f.healthy()).count();
@@ -558,9 +577,10 @@ fn print_spread(topo: &dyn Topology, report: &Report) {
             100.0 * n as f64 / total as f64
         };
         let bar = "#".repeat((pct / 2.5).round() as usize);
+        let src = format!("({})", r.egress_addr);
         println!(
-            "  via {:<3} ({:<13}) {:>5} open  {:>5.1}%  {bar}",
-            r.name, r.egress_addr, n, pct
+            "  via {:<3} {src:<15} {n:>5} open  {pct:>5.1}%  {bar}",
+            r.name
         );
     }
     let unknown = healthy.values().filter(|&&name| name == "?").count();
@@ -950,6 +970,21 @@ fn measure(a: RouterArgs, ev: Event) -> anyhow::Result<()> {
             let b = count_broken(&*topo, before, &after);
             let (human, tail) = broken_words(&b);
             println!("\n{key}={ms} {human}");
+            let elsewhere: usize = b
+                .per_router
+                .iter()
+                .filter(|(n, _, _)| *n != r.name)
+                .map(|(_, _, broken)| broken)
+                .sum();
+            if elsewhere > 0 && !st.flows_bind_first {
+                println!(
+                    "note: {elsewhere} flow(s) not through {} broke too. The flows were opened with a plain\n\
+                     \x20     connect(), routed before their source port was known; this route change re-hashed\n\
+                     \x20     them by 5-tuple and moved some to another router, whose SNAT the server does not\n\
+                     \x20     know (RST). `hagw lab up --flows-bind-first` opens flows that keep their path.",
+                    r.name
+                );
+            }
             machine.push(' ');
             machine.push_str(&tail);
             println!("flows now:");

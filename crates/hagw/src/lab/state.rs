@@ -39,6 +39,9 @@ pub struct State {
     pub flows_socket: Option<PathBuf>,
     #[serde(default)]
     pub flows_requested: usize,
+    /// `up --flows-bind-first`.
+    #[serde(default)]
+    pub flows_bind_first: bool,
 }
 
 impl State {

@@ -150,6 +150,8 @@ impl ProcRecord {
             .arg(prog)
             .args(args)
             .stdin(Stdio::null())
+            // Plain logs in the files (no colour escapes).
+            .env("NO_COLOR", "1")
             .stdout(out)
             .stderr(err)
             // Its own process group: a Ctrl-C in the terminal that ran

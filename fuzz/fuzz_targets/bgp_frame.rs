@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let ctx = CodecCtx {
-        four_octet_as: data.len() % 2 == 0,
+        four_octet_as: data.len().is_multiple_of(2),
     };
     let mut buf = data;
     while let Ok(Some(len)) = frame_len(buf) {

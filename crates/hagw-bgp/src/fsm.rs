@@ -241,9 +241,10 @@ pub enum Action {
     /// Write these bytes.
     Send(Bytes),
     /// The session is Established.
-    Established(Negotiated),
-    /// A received UPDATE, decoded (RFC 7606 outcomes are on it).
-    Update(Update),
+    Established(Box<Negotiated>),
+    /// A received UPDATE, decoded (RFC 7606 outcomes are on it). Boxed: the
+    /// driver keeps a Vec of actions per peer, so their size is per-peer memory.
+    Update(Box<Update>),
     /// The peer asked for our routes again (RFC 2918).
     RouteRefresh { afi: u16, safi: u8 },
     /// Drop the TCP connection; `was_established` says whether routes learned on
@@ -390,14 +391,14 @@ impl Session {
             }
             (Active, Event::TcpConnectionFails) => {
                 if self.passive {
-                    self.to_idle(DownReason::TcpFailed, now, out);
+                    self.enter_idle(DownReason::TcpFailed, now, out);
                 } else {
                     self.retry_deadline = Some(now + self.retry_interval);
                     self.bump_retry();
                 }
             }
             (OpenSent | OpenConfirm | Established, Event::TcpConnectionFails) => {
-                self.to_idle(DownReason::TcpFailed, now, out);
+                self.enter_idle(DownReason::TcpFailed, now, out);
             }
             (OpenSent | OpenConfirm, Event::OpenCollisionDump) => {
                 self.notify_and_close(
@@ -413,7 +414,7 @@ impl Session {
             (Established, Event::OpenCollisionDump) => {
                 // RFC 4724 §4.2: a restarting peer's new connection replaces the old
                 // one; the old one is closed without a NOTIFICATION.
-                self.to_idle(DownReason::TcpFailed, now, out);
+                self.enter_idle(DownReason::TcpFailed, now, out);
             }
             // One Session is one connection: a second one is a second Session
             // (the driver resolves the collision with `keep_locally_initiated`).
@@ -518,13 +519,13 @@ impl Session {
                 self.restart_hold(now);
                 self.retry_interval = FIRST_RETRY;
                 if let Some(n) = &self.negotiated {
-                    out.push(Action::Established(n.clone()));
+                    out.push(Action::Established(Box::new(n.clone())));
                 }
             }
             (Established, Message::Keepalive) => self.restart_hold(now),
             (Established, Message::Update(u)) => {
                 self.restart_hold(now);
-                out.push(Action::Update(u));
+                out.push(Action::Update(Box::new(u)));
             }
             (Established, Message::RouteRefresh(rr)) => {
                 self.restart_hold(now);
@@ -542,7 +543,7 @@ impl Session {
             }
             (_, Message::Notification(n)) => {
                 // Events 24/25.
-                self.to_idle(DownReason::NotificationReceived(n), now, out);
+                self.enter_idle(DownReason::NotificationReceived(n), now, out);
             }
             (state, _) => {
                 // Anything else is an FSM error (RFC 6608 subcodes).
@@ -649,12 +650,12 @@ impl Session {
         {
             out.push(Action::Send(buf.freeze()));
         }
-        self.to_idle(DownReason::NotificationSent(n), now, out);
+        self.enter_idle(DownReason::NotificationSent(n), now, out);
     }
 
     /// Leave the connected states. Active sessions come back by themselves after
     /// the retry interval (§8.1.1 automatic start); passive ones stay Idle.
-    fn to_idle(&mut self, reason: DownReason, now: Instant, out: &mut Vec<Action>) {
+    fn enter_idle(&mut self, reason: DownReason, now: Instant, out: &mut Vec<Action>) {
         let was_established = self.state == State::Established;
         self.state = State::Idle;
         self.hold_deadline = None;

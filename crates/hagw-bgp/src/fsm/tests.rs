@@ -245,7 +245,7 @@ fn update_in_established_is_delivered() {
         discarded: vec![],
     };
     s.receive(&encode(Message::Update(u.clone()), *s.codec()), t, &mut out);
-    assert_eq!(out, vec![Action::Update(u)]);
+    assert_eq!(out, vec![Action::Update(Box::new(u))]);
 }
 
 #[test]

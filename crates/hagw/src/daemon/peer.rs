@@ -613,7 +613,7 @@ impl Driver {
         self.collision_loser = Some(loser);
     }
 
-    fn on_established(&mut self, i: usize, n: Negotiated) {
+    fn on_established(&mut self, i: usize, n: Box<Negotiated>) {
         let Some(c) = self.conns[i].as_ref() else {
             return;
         };
@@ -643,7 +643,7 @@ impl Driver {
         });
     }
 
-    fn on_update(&mut self, u: Update) {
+    fn on_update(&mut self, u: Box<Update>) {
         if let Some(e) = &u.treat_as_withdraw {
             tracing::warn!(peer = %self.task.shared.address, "malformed UPDATE treated as withdraw (RFC 7606): {e:?}");
         }
@@ -652,7 +652,7 @@ impl Driver {
         }
         let _ = self.task.rib.send(RibEvent::Update {
             peer: self.task.shared.clone(),
-            update: Box::new(u),
+            update: u,
         });
     }
 

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# The project's test command (CI runs it through .ci/run). Run it as root:
-# the integration tests build network namespaces with FRR/BIRD peers.
-# More steps (fuzz, clippy) get appended here.
+# The project's whole test suite; CI runs exactly this (through .ci/run, which
+# installs frr, bird2, gobgpd, nftables first). Run it as root: the scenario
+# tests build network namespaces with real FRR and BIRD peers.
 set -euo pipefail
 cd "$(dirname "$0")"
+export PATH="$HOME/.cargo/bin:$PATH"
 
+echo "--- cargo fmt --check"
+cargo fmt --all -- --check
+echo "--- cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "--- cargo test (unit + namespace scenarios)"
 cargo test --workspace --locked -- --test-threads=2
+echo "--- fuzz smoke: every decoder for ${FUZZ_SECONDS:-15}s"
+fuzz/run-short.sh "${FUZZ_SECONDS:-15}"

@@ -60,7 +60,66 @@ impl fmt::Display for ConfigError {
 pub struct Config {
     pub bgp: Option<Bgp>,
     pub kernel: Option<Kernel>,
+    /// Timers for every BFD session (`bfd = true` on a neighbor or range).
+    pub bfd: Bfd,
+    /// Uplink probes; while any fails, a router withdraws what it announces.
+    pub health: Vec<Health>,
+    pub policy_routing: Option<PolicyRouting>,
     pub control: Control,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bfd {
+    /// Desired transmit and required receive interval, milliseconds.
+    pub interval_ms: u32,
+    pub multiplier: u8,
+}
+
+impl Default for Bfd {
+    fn default() -> Bfd {
+        Bfd {
+            interval_ms: 300,
+            multiplier: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Icmp,
+    Tcp { port: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub probe: Probe,
+    pub target: IpAddr,
+    pub interval_ms: u32,
+    /// Consecutive failures that make the uplink down, successes that make it up.
+    pub fall: u32,
+    pub rise: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GracefulRestart {
+    pub enabled: bool,
+    pub restart_time: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRouting {
+    pub enabled: bool,
+    /// The interface left to the main table; default: the one holding the main default route.
+    pub primary: Option<String>,
+    pub table_base: u32,
+    pub ipv6: bool,
+    pub gateways: Vec<PolicyGateway>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyGateway {
+    pub interface: String,
+    pub ipv4: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +131,7 @@ pub struct Bgp {
     pub port: u16,
     pub dynamic: Vec<DynamicRange>,
     pub neighbors: Vec<Neighbor>,
+    pub graceful_restart: GracefulRestart,
 }
 
 /// Which remote AS a peer may have: `external`, `internal` or a number.
@@ -91,6 +151,7 @@ pub struct DynamicRange {
     pub announce: Announce,
     pub hold_time: u16,
     pub limit: usize,
+    pub bfd: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +164,7 @@ pub struct Neighbor {
     pub hold_time: u16,
     /// Do not connect, only accept the peer's connection.
     pub passive: bool,
+    pub bfd: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +189,8 @@ pub struct Kernel {
     pub table: u32,
     pub dhcp_default: DhcpDefault,
     pub statics: Vec<StaticRoute>,
+    /// Keep each connection on the router it started on (issue: hitless heal).
+    pub pin_connections: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +212,49 @@ pub struct Control {
 struct RawConfig {
     bgp: Option<RawBgp>,
     kernel: Option<RawKernel>,
+    bfd: Option<RawBfd>,
+    #[serde(default)]
+    health: Vec<RawHealth>,
+    policy_routing: Option<RawPolicyRouting>,
     control: Option<RawControl>,
+}
+
+#[derive(Deserialize)]
+struct RawBfd {
+    interval_ms: Option<i64>,
+    multiplier: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawHealth {
+    probe: Option<String>,
+    target: Option<String>,
+    port: Option<i64>,
+    interval_ms: Option<i64>,
+    fall: Option<i64>,
+    rise: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawGracefulRestart {
+    enabled: Option<bool>,
+    restart_time: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawPolicyRouting {
+    enabled: Option<bool>,
+    primary: Option<String>,
+    table_base: Option<i64>,
+    ipv6: Option<bool>,
+    #[serde(default)]
+    gateway: Vec<RawPolicyGateway>,
+}
+
+#[derive(Deserialize)]
+struct RawPolicyGateway {
+    interface: Option<String>,
+    ipv4: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +268,7 @@ struct RawBgp {
     dynamic: Vec<RawDynamic>,
     #[serde(default)]
     neighbor: Vec<RawNeighbor>,
+    graceful_restart: Option<RawGracefulRestart>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +279,7 @@ struct RawDynamic {
     advertise: Option<Vec<String>>,
     hold_time: Option<i64>,
     limit: Option<i64>,
+    bfd: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +292,7 @@ struct RawNeighbor {
     advertise: Option<Vec<String>>,
     hold_time: Option<i64>,
     passive: Option<bool>,
+    bfd: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +303,7 @@ struct RawKernel {
     metric: Option<i64>,
     table: Option<i64>,
     dhcp_default: Option<String>,
+    pin_connections: Option<bool>,
     #[serde(default, rename = "static")]
     statics: Vec<RawStatic>,
 }
@@ -283,6 +393,14 @@ impl Validator {
     fn config(&mut self, raw: RawConfig) -> Config {
         let bgp = raw.bgp.map(|b| self.bgp(b));
         let kernel = raw.kernel.map(|k| self.kernel(k));
+        let bfd = raw.bfd.map_or_else(Bfd::default, |b| self.bfd(b));
+        let health = raw
+            .health
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, h)| self.health(&format!("health[{i}]"), h))
+            .collect();
+        let policy_routing = raw.policy_routing.map(|p| self.policy_routing(p));
         let control = Control {
             socket: raw
                 .control
@@ -290,16 +408,134 @@ impl Validator {
                 .unwrap_or_else(|| DEFAULT_SOCKET.into())
                 .into(),
         };
-        if bgp.is_none() && kernel.is_none() {
+        if bgp.is_none() && kernel.is_none() && policy_routing.is_none() {
             self.problem(
                 "(top)",
-                "nothing to do: the config has no [bgp] and no [kernel]",
+                "nothing to do: the config has no [bgp], [kernel] or [policy_routing]",
             );
         }
         Config {
             bgp,
             kernel,
+            bfd,
+            health,
+            policy_routing,
             control,
+        }
+    }
+
+    fn bfd(&mut self, b: RawBfd) -> Bfd {
+        let d = Bfd::default();
+        Bfd {
+            // RFC 5880 allows less; below 10 ms a 2-core host cannot keep up.
+            interval_ms: b
+                .interval_ms
+                .and_then(|v| self.int("bfd.interval_ms", v, 10, 60_000))
+                .unwrap_or(d.interval_ms),
+            multiplier: b
+                .multiplier
+                .and_then(|v| self.int("bfd.multiplier", v, 1, 255))
+                .unwrap_or(d.multiplier),
+        }
+    }
+
+    fn health(&mut self, key: &str, h: RawHealth) -> Option<Health> {
+        let target = match h.target.as_deref() {
+            Some(t) => self.ip(&format!("{key}.target"), t),
+            None => {
+                self.problem(
+                    &format!("{key}.target"),
+                    "missing (the address to probe through the uplink)",
+                );
+                None
+            }
+        };
+        let probe = match (h.probe.as_deref(), h.port) {
+            (None | Some("icmp"), None) => Some(Probe::Icmp),
+            (None | Some("icmp"), Some(_)) => {
+                self.problem(&format!("{key}.port"), "only a \"tcp\" probe has a port");
+                None
+            }
+            (Some("tcp"), Some(p)) => self
+                .int(&format!("{key}.port"), p, 1, 65535)
+                .map(|port| Probe::Tcp { port }),
+            (Some("tcp"), None) => {
+                self.problem(
+                    &format!("{key}.port"),
+                    "missing: a \"tcp\" probe needs a port",
+                );
+                None
+            }
+            (Some(o), _) => {
+                self.problem(
+                    &format!("{key}.probe"),
+                    format!("\"{o}\" is not \"icmp\" or \"tcp\""),
+                );
+                None
+            }
+        };
+        let interval_ms = h.interval_ms.map_or(Some(1000), |v| {
+            self.int(&format!("{key}.interval_ms"), v, 10, 3_600_000)
+        });
+        let fall = h
+            .fall
+            .map_or(Some(3), |v| self.int(&format!("{key}.fall"), v, 1, 1000));
+        let rise = h
+            .rise
+            .map_or(Some(5), |v| self.int(&format!("{key}.rise"), v, 1, 1000));
+        Some(Health {
+            probe: probe?,
+            target: target?,
+            interval_ms: interval_ms?,
+            fall: fall?,
+            rise: rise?,
+        })
+    }
+
+    fn policy_routing(&mut self, p: RawPolicyRouting) -> PolicyRouting {
+        let table_base = p
+            .table_base
+            .map_or(Some(10_000), |v| {
+                // Tables 253-255 are the kernel's own; leave room for ifindex above the base.
+                self.int(
+                    "policy_routing.table_base",
+                    v,
+                    256,
+                    i64::from(u32::MAX) - 65_536,
+                )
+            })
+            .unwrap_or(10_000);
+        let mut gateways: Vec<PolicyGateway> = Vec::new();
+        for (i, g) in p.gateway.into_iter().enumerate() {
+            let key = format!("policy_routing.gateway[{i}]");
+            let Some(interface) = g.interface else {
+                self.problem(&format!("{key}.interface"), "missing");
+                continue;
+            };
+            let ipv4 = g.ipv4.as_deref().and_then(|a| match a.parse::<Ipv4Addr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.problem(
+                        &format!("{key}.ipv4"),
+                        format!("\"{a}\" is not an IPv4 address"),
+                    );
+                    None
+                }
+            });
+            if gateways.iter().any(|o| o.interface == interface) {
+                self.problem(
+                    &format!("{key}.interface"),
+                    format!("\"{interface}\" has two gateway tables"),
+                );
+            }
+            gateways.push(PolicyGateway { interface, ipv4 });
+        }
+        PolicyRouting {
+            enabled: p.enabled.unwrap_or(true),
+            primary: p.primary,
+            table_base,
+            ipv6: p.ipv6.unwrap_or(true),
+            gateways,
         }
     }
 
@@ -455,6 +691,7 @@ impl Validator {
                 .unwrap_or(DEFAULT_PEER_LIMIT);
             if let Some(range) = range {
                 dynamic.push(DynamicRange {
+                    bfd: d.bfd.unwrap_or(false),
                     range,
                     remote_asn,
                     announce: Announce {
@@ -517,6 +754,7 @@ impl Validator {
                 );
             }
             neighbors.push(Neighbor {
+                bfd: n.bfd.unwrap_or(false),
                 address,
                 remote_asn,
                 port,
@@ -529,6 +767,22 @@ impl Validator {
                 passive: n.passive.unwrap_or(false),
             });
         }
+        let graceful_restart = match b.graceful_restart {
+            None => GracefulRestart {
+                enabled: false,
+                restart_time: 120,
+            },
+            Some(g) => GracefulRestart {
+                enabled: g.enabled.unwrap_or(true),
+                // RFC 4724 §3: the Restart Time field has 12 bits.
+                restart_time: g
+                    .restart_time
+                    .map_or(Some(120), |t| {
+                        self.int("bgp.graceful_restart.restart_time", t, 1, 4095)
+                    })
+                    .unwrap_or(120),
+            },
+        };
         Bgp {
             asn,
             router_id,
@@ -536,6 +790,7 @@ impl Validator {
             port,
             dynamic,
             neighbors,
+            graceful_restart,
         }
     }
 
@@ -615,6 +870,7 @@ impl Validator {
             table,
             dhcp_default,
             statics,
+            pin_connections: k.pin_connections.unwrap_or(true),
         }
     }
 }
@@ -756,6 +1012,81 @@ via = "192.168.100.1"
         assert_eq!(k.dhcp_default, DhcpDefault::Remove);
         assert_eq!(k.table, 254);
         assert_eq!(k.statics.len(), 1);
+    }
+
+    #[test]
+    fn failover_and_policy_routing_keys_parse_as_written() {
+        let c = parse(
+            r#"
+[bgp]
+asn = 65100
+router_id = "192.168.100.100"
+[[bgp.neighbor]]
+address = "192.168.100.20"
+remote_asn = 65000
+bfd = true
+[bgp.graceful_restart]
+enabled = true
+restart_time = 120
+
+[bfd]
+interval_ms = 10
+multiplier = 3
+
+[[health]]
+probe = "icmp"
+target = "203.0.113.1"
+interval_ms = 200
+fall = 3
+rise = 5
+
+[[health]]
+probe = "tcp"
+target = "203.0.113.1"
+port = 443
+
+[policy_routing]
+enabled = true
+primary = "ens5"
+table_base = 10000
+ipv6 = true
+[[policy_routing.gateway]]
+interface = "ens6"
+ipv4 = "10.0.0.1"
+"#,
+        )
+        .expect("valid");
+        let b = c.bgp.expect("bgp");
+        assert!(b.neighbors[0].bfd);
+        assert_eq!(
+            b.graceful_restart,
+            GracefulRestart {
+                enabled: true,
+                restart_time: 120
+            }
+        );
+        assert_eq!(
+            c.bfd,
+            Bfd {
+                interval_ms: 10,
+                multiplier: 3
+            }
+        );
+        assert_eq!(c.health[0].probe, Probe::Icmp);
+        assert_eq!(c.health[1].probe, Probe::Tcp { port: 443 });
+        assert_eq!((c.health[0].fall, c.health[0].rise), (3, 5));
+        let p = c.policy_routing.expect("policy_routing");
+        assert_eq!(p.primary.as_deref(), Some("ens5"));
+        assert_eq!(p.gateways[0].ipv4, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    #[test]
+    fn a_tcp_probe_without_a_port_is_a_problem() {
+        let p = problems("[[health]]\nprobe = \"tcp\"\ntarget = \"203.0.113.1\"\n[kernel]\n");
+        assert_eq!(
+            p,
+            vec!["health[0].port: missing: a \"tcp\" probe needs a port"]
+        );
     }
 
     #[test]

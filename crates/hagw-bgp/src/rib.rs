@@ -83,6 +83,9 @@ pub struct Rib {
     by_peer: HashMap<IpAddr, HashSet<IpNet>>,
     /// What we last reported per prefix.
     installed: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// Graceful restart (RFC 4724): a restarting peer's paths we still use,
+    /// until it announces them again or the sweep.
+    stale: HashMap<IpAddr, HashSet<IpNet>>,
     max_paths: usize,
 }
 
@@ -102,6 +105,9 @@ impl Rib {
             None => v.push((peer, path)),
         }
         self.by_peer.entry(peer).or_default().insert(prefix);
+        if let Some(s) = self.stale.get_mut(&peer) {
+            s.remove(&prefix);
+        }
         self.recompute(prefix, out);
     }
 
@@ -118,8 +124,47 @@ impl Rib {
         }
     }
 
+    /// The session ended without a NOTIFICATION and the peer does graceful
+    /// restart: keep forwarding on its paths, marked stale.
+    pub fn peer_restarting(&mut self, peer: IpAddr) {
+        if let Some(p) = self.by_peer.get(&peer) {
+            self.stale
+                .entry(peer)
+                .or_default()
+                .extend(p.iter().copied());
+        }
+    }
+
+    /// Stale paths of `peer` still waiting to be refreshed.
+    pub fn stale_count(&self, peer: IpAddr) -> usize {
+        self.stale.get(&peer).map_or(0, HashSet::len)
+    }
+
+    /// End-of-RIB for a family, or the restart timer: what `peer` has not
+    /// announced again goes. `v6` = None sweeps both families.
+    pub fn sweep_stale(&mut self, peer: IpAddr, v6: Option<bool>, out: &mut Vec<Change>) {
+        let Some(set) = self.stale.get_mut(&peer) else {
+            return;
+        };
+        let gone: Vec<IpNet> = set
+            .iter()
+            .filter(|p| v6.is_none_or(|v6| p.addr().is_ipv6() == v6))
+            .copied()
+            .collect();
+        for p in &gone {
+            set.remove(p);
+        }
+        if set.is_empty() {
+            self.stale.remove(&peer);
+        }
+        for p in gone {
+            self.withdraw(peer, p, out);
+        }
+    }
+
     /// The session is gone: every path it gave goes.
     pub fn peer_down(&mut self, peer: IpAddr, out: &mut Vec<Change>) {
+        self.stale.remove(&peer);
         let Some(prefixes) = self.by_peer.remove(&peer) else {
             return;
         };
@@ -309,6 +354,32 @@ mod tests {
         rib.announce(ip("10.0.0.1"), default(), a, &mut out);
         rib.announce(ip("10.0.0.2"), default(), path("10.0.0.2", 1), &mut out);
         assert_eq!(rib.installed()[&default()], vec![ip("10.0.0.2")]);
+    }
+
+    #[test]
+    fn a_restarting_peer_keeps_its_paths_until_end_of_rib() {
+        let mut rib = Rib::new(8);
+        let mut out = Vec::new();
+        let other: IpNet = "10.9.0.0/16".parse().expect("prefix");
+        rib.announce(ip("10.0.0.1"), default(), path("10.0.0.1", 1), &mut out);
+        rib.announce(ip("10.0.0.1"), other, path("10.0.0.1", 1), &mut out);
+        rib.announce(ip("10.0.0.2"), default(), path("10.0.0.2", 1), &mut out);
+        out.clear();
+        rib.peer_restarting(ip("10.0.0.1"));
+        assert!(out.is_empty(), "nothing changes in the kernel");
+        assert_eq!(rib.stale_count(ip("10.0.0.1")), 2);
+        // It comes back and announces only the default, then End-of-RIB.
+        rib.announce(ip("10.0.0.1"), default(), path("10.0.0.1", 1), &mut out);
+        assert!(out.is_empty(), "the same next hops: {out:?}");
+        rib.sweep_stale(ip("10.0.0.1"), Some(false), &mut out);
+        assert_eq!(
+            out,
+            vec![Change {
+                prefix: other,
+                next_hops: vec![]
+            }]
+        );
+        assert_eq!(rib.installed()[&default()].len(), 2);
     }
 
     #[test]

@@ -15,6 +15,9 @@ use crate::daemon::Daemon;
 pub struct Status {
     pub peers: Vec<PeerStatus>,
     pub routes: Vec<RouteStatus>,
+    /// Uplink probes (router role): while one is down, routes are withdrawn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<crate::daemon::health::ProbeStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -9,10 +9,11 @@ use std::sync::Mutex;
 use bytes::{Bytes, BytesMut};
 use hagw_bgp::fsm::Negotiated;
 use hagw_bgp::packet::{
-    AsPath, AsSegment, CodecCtx, Message, MpReach, Origin, PathAttributes, SegmentKind, Update,
-    AFI_IPV4, AFI_IPV6, SAFI_UNICAST,
+    AsPath, AsSegment, CodecCtx, Message, MpReach, MpUnreach, Origin, PathAttributes, SegmentKind,
+    Update, AFI_IPV4, AFI_IPV6, SAFI_UNICAST,
 };
 use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::watch;
 
 use crate::config::Announce;
 
@@ -39,10 +40,13 @@ impl Shape {
     }
 }
 
-/// One encoded announcement: the bytes and how many prefixes they carry.
+/// One session shape's announcement, encoded: the routes, their withdrawal (for
+/// when the uplink probe fails) and End-of-RIB for each family.
 #[derive(Clone, Debug)]
 pub struct Encoded {
-    pub bytes: Bytes,
+    pub announce: Bytes,
+    pub withdraw: Bytes,
+    pub eor: Bytes,
     pub prefixes: usize,
 }
 
@@ -51,10 +55,12 @@ pub struct Advert {
     local_asn: u32,
     routes: Vec<IpNet>,
     cache: Mutex<HashMap<Shape, Encoded>>,
+    /// Open while every uplink probe passes; routes go out only then.
+    gate: Option<watch::Receiver<bool>>,
 }
 
 impl Advert {
-    pub fn new(local_asn: u32, announce: &Announce) -> Advert {
+    pub fn new(local_asn: u32, announce: &Announce, gate: Option<watch::Receiver<bool>>) -> Advert {
         let mut routes = Vec::new();
         if announce.default_originate {
             routes.push(IpNet::V4(Ipv4Net::default()));
@@ -65,11 +71,22 @@ impl Advert {
             local_asn,
             routes,
             cache: Mutex::new(HashMap::new()),
+            gate,
         }
     }
 
-    /// Our routes for a session of this shape, followed by End-of-RIB for each of
-    /// its families (RFC 4724: harmless to peers without graceful restart).
+    /// A receiver that changes when the uplink gate opens or closes.
+    pub fn gate(&self) -> Option<watch::Receiver<bool>> {
+        self.gate.clone()
+    }
+
+    /// Whether routes may be announced now.
+    pub fn open(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| *g.borrow())
+    }
+
+    /// Our routes for a session of this shape, their withdrawal, and End-of-RIB
+    /// for each of its families (RFC 4724: harmless to peers without GR).
     pub fn encoded(&self, shape: Shape) -> Encoded {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
@@ -107,6 +124,8 @@ fn encode(local_asn: u32, routes: &[IpNet], shape: Shape) -> Encoded {
         four_octet_as: shape.four_octet_as,
     };
     let mut out = BytesMut::new();
+    let mut wd = BytesMut::new();
+    let mut eor = BytesMut::new();
     let mut prefixes = 0;
     let v4: Vec<Ipv4Net> = routes
         .iter()
@@ -126,7 +145,14 @@ fn encode(local_asn: u32, routes: &[IpNet], shape: Shape) -> Encoded {
         for chunk in v4.chunks(CHUNK) {
             let mut a = attrs(local_asn, shape);
             a.next_hop = Some(nh);
-            push(&mut out, &ctx, a, chunk.to_vec(), None);
+            push(&mut out, &ctx, a, chunk.to_vec(), Vec::new());
+            push(
+                &mut wd,
+                &ctx,
+                PathAttributes::default(),
+                Vec::new(),
+                chunk.to_vec(),
+            );
             prefixes += chunk.len();
         }
     }
@@ -139,18 +165,29 @@ fn encode(local_asn: u32, routes: &[IpNet], shape: Shape) -> Encoded {
                 next_hops: vec![IpAddr::V6(nh)],
                 nlri: chunk.to_vec(),
             });
-            push(&mut out, &ctx, a, Vec::new(), None);
+            push(&mut out, &ctx, a, Vec::new(), Vec::new());
+            let w = PathAttributes {
+                mp_unreach: Some(MpUnreach {
+                    afi: AFI_IPV6,
+                    safi: SAFI_UNICAST,
+                    withdrawn: chunk.to_vec(),
+                }),
+                ..PathAttributes::default()
+            };
+            push(&mut wd, &ctx, w, Vec::new(), Vec::new());
             prefixes += chunk.len();
         }
     }
     if shape.v4 {
-        push_eor(&mut out, &ctx, AFI_IPV4);
+        push_eor(&mut eor, &ctx, AFI_IPV4);
     }
     if shape.v6 {
-        push_eor(&mut out, &ctx, AFI_IPV6);
+        push_eor(&mut eor, &ctx, AFI_IPV6);
     }
     Encoded {
-        bytes: out.freeze(),
+        announce: out.freeze(),
+        withdraw: wd.freeze(),
+        eor: eor.freeze(),
         prefixes,
     }
 }
@@ -160,10 +197,10 @@ fn push(
     ctx: &CodecCtx,
     attrs: PathAttributes,
     nlri: Vec<Ipv4Net>,
-    withdrawn: Option<Vec<Ipv4Net>>,
+    withdrawn: Vec<Ipv4Net>,
 ) {
     let u = Update {
-        withdrawn: withdrawn.unwrap_or_default(),
+        withdrawn,
         attrs,
         nlri,
         treat_as_withdraw: None,
@@ -221,18 +258,25 @@ mod tests {
                 default_originate: true,
                 advertise: vec!["10.0.0.0/16".parse().expect("prefix")],
             },
+            None,
         );
         let e = a.encoded(shape("10.200.0.1"));
         assert_eq!(e.prefixes, 2);
-        let u = messages(&e.bytes);
-        assert_eq!(u.len(), 2);
+        let u = messages(&e.announce);
+        assert_eq!(u.len(), 1);
         assert_eq!(u[0].nlri.len(), 2);
         assert_eq!(u[0].attrs.next_hop, Some("10.200.0.1".parse().expect("ip")));
         assert_eq!(
             u[0].attrs.as_path.as_ref().and_then(|p| p.first_asn()),
             Some(65000)
         );
-        assert_eq!(u[1].is_end_of_rib(), Some((AFI_IPV4, SAFI_UNICAST)));
+        assert_eq!(
+            messages(&e.eor)[0].is_end_of_rib(),
+            Some((AFI_IPV4, SAFI_UNICAST))
+        );
+        let w = messages(&e.withdraw);
+        assert_eq!(w[0].withdrawn.len(), 2, "the withdrawal names every route");
+        assert!(w[0].nlri.is_empty());
     }
 
     #[test]
@@ -243,10 +287,11 @@ mod tests {
                 default_originate: true,
                 advertise: vec![],
             },
+            None,
         );
         let x = a.encoded(shape("10.200.0.1"));
         let y = a.encoded(shape("10.200.0.1"));
-        assert_eq!(x.bytes.as_ptr(), y.bytes.as_ptr());
+        assert_eq!(x.announce.as_ptr(), y.announce.as_ptr());
     }
 
     #[test]
@@ -264,9 +309,10 @@ mod tests {
                 default_originate: false,
                 advertise,
             },
+            None,
         );
         let e = a.encoded(shape("10.200.0.1"));
-        let total: usize = messages(&e.bytes).iter().map(|u| u.nlri.len()).sum();
+        let total: usize = messages(&e.announce).iter().map(|u| u.nlri.len()).sum();
         assert_eq!(total, 3000);
     }
 
@@ -278,10 +324,11 @@ mod tests {
                 default_originate: true,
                 advertise: vec![],
             },
+            None,
         );
         let mut s = shape("10.200.0.1");
         s.ebgp = false;
-        let u = messages(&a.encoded(s).bytes);
+        let u = messages(&a.encoded(s).announce);
         assert_eq!(u[0].attrs.local_pref, Some(100));
         assert!(u[0]
             .attrs

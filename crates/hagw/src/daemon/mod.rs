@@ -2,6 +2,7 @@
 //! southbound and the control socket, then waits for a signal.
 
 pub mod advert;
+pub mod health;
 pub mod listener;
 pub mod peer;
 pub mod routing;
@@ -11,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use hagw_bgp::fsm::{SessionConfig, State};
+use hagw_bgp::fsm::{GracefulRestart, SessionConfig, State};
 use hagw_bgp::packet::{AFI_IPV4, AFI_IPV6, SAFI_UNICAST};
 use hagw_kernel::{DhcpDefault as KDhcp, FibConfig, FibSync, StaticRoute as KStatic};
 use tokio::signal::unix::{signal, SignalKind};
@@ -56,6 +57,7 @@ impl Registry {
 /// What the control socket asks about.
 pub struct Daemon {
     pub registry: Arc<Registry>,
+    health: Arc<Mutex<Vec<health::ProbeStatus>>>,
     rib: mpsc::UnboundedSender<RibEvent>,
     fib: Option<FibSync>,
     ranges: Vec<String>,
@@ -66,12 +68,43 @@ const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNIC
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (rib_tx, rib_rx) = mpsc::unbounded_channel();
     let kernel = cfg.kernel.clone();
+    let gr = cfg
+        .bgp
+        .as_ref()
+        .map(|b| b.graceful_restart)
+        .filter(|g| g.enabled);
     let fib = match &kernel {
-        Some(k) if k.install => Some(start_kernel(k).await?),
+        Some(k) if k.install => Some(start_kernel(k, gr.is_some()).await?),
         _ => None,
     };
     let max_paths = kernel.as_ref().map_or(8, |k| k.maximum_paths);
-    tokio::spawn(routing::run(rib_rx, max_paths, fib.clone()));
+    // With graceful restart, our previous run's routes stay in the kernel until
+    // the configured neighbors have told us everything again.
+    let deferral = match (gr, &cfg.bgp) {
+        (Some(g), Some(b)) if !b.neighbors.is_empty() => Some(routing::Deferral {
+            neighbors: b.neighbors.iter().map(|n| n.address).collect(),
+            limit: std::time::Duration::from_secs(u64::from(g.restart_time)),
+        }),
+        _ => None,
+    };
+    tokio::spawn(routing::run(
+        rib_rx,
+        rib_tx.clone(),
+        max_paths,
+        fib.clone(),
+        deferral,
+    ));
+    let (gate, health_status) = if cfg.health.is_empty() {
+        (None, Arc::default())
+    } else {
+        let (g, st) = health::start(&cfg.health);
+        (Some(g), st)
+    };
+    // Our OPEN says we restart with forwarding state kept (RFC 4724 R and F bits).
+    let gr_cap = gr.map(|g| GracefulRestart {
+        restart_time: g.restart_time,
+        restarting: true,
+    });
 
     let registry = Arc::new(Registry::default());
     let mut listeners = Vec::new();
@@ -99,9 +132,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     n.remote_asn,
                     n.hold_time,
                     FAMILIES.to_vec(),
-                    None,
+                    gr_cap,
                 )),
-                advert: Arc::new(Advert::new(bgp.asn, &n.announce)),
+                advert: Arc::new(Advert::new(bgp.asn, &n.announce, gate.clone())),
                 rib: rib_tx.clone(),
                 incoming: Some(rx),
             };
@@ -121,9 +154,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         d.remote_asn,
                         d.hold_time,
                         FAMILIES.to_vec(),
-                        None,
+                        gr_cap,
                     )),
-                    advert: Arc::new(Advert::new(bgp.asn, &d.announce)),
+                    advert: Arc::new(Advert::new(bgp.asn, &d.announce, gate.clone())),
                     count: Default::default(),
                 })
             })
@@ -164,6 +197,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let daemon = Arc::new(Daemon {
         registry: registry.clone(),
+        health: health_status,
         rib: rib_tx,
         fib: fib.clone(),
         ranges: ranges_desc,
@@ -193,19 +227,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for l in listeners {
         l.abort();
     }
+    // With graceful restart we leave quietly: no NOTIFICATION, so our peers keep
+    // our routes (RFC 4724 helper), and our kernel routes stay for the next run.
+    let graceful = gr.is_some();
     for p in registry.all() {
-        p.stop(true);
+        p.stop(!graceful);
     }
-    // Give peers a moment to send their Cease.
+    // Give peers a moment to send their Cease or close.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     if let Some(fib) = fib {
-        fib.shutdown(true).await;
+        fib.shutdown(!graceful).await;
     }
     control.remove();
     Ok(())
 }
 
-async fn start_kernel(k: &config::Kernel) -> anyhow::Result<FibSync> {
+async fn start_kernel(k: &config::Kernel, keep_stale: bool) -> anyhow::Result<FibSync> {
     if let Err(e) = hagw_kernel::install_proto_name() {
         tracing::warn!(
             "cannot name protocol {} in rt_protos.d: {e}",
@@ -232,6 +269,7 @@ async fn start_kernel(k: &config::Kernel) -> anyhow::Result<FibSync> {
             })
             .collect(),
         max_paths: k.maximum_paths,
+        keep_stale,
         ..FibConfig::default()
     };
     FibSync::start(cfg)
@@ -302,6 +340,15 @@ impl Daemon {
                     .collect()
             }
         };
-        Status { peers, routes }
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Status {
+            peers,
+            routes,
+            health,
+        }
     }
 }

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use hagw_bgp::fsm::{self, Action, Event, Negotiated, Session, SessionConfig, State};
+use hagw_bgp::fsm::{self, Action, DownReason, Event, Negotiated, Session, SessionConfig, State};
 use hagw_bgp::packet::Update;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::advert::{Advert, Shape};
 use super::routing::RibEvent;
@@ -209,12 +209,14 @@ struct Driver {
     established: Option<usize>,
     /// A connection the collision rule (§6.8) says must go.
     collision_loser: Option<usize>,
+    /// The uplink gate of our announcement, and whether the peer has our routes.
+    gate: Option<watch::Receiver<bool>>,
+    advertised: bool,
 }
 
 impl Driver {
     fn new(task: PeerTask) -> Driver {
         Driver {
-            task,
             conns: [None, None],
             active: None,
             connecting: None,
@@ -222,6 +224,9 @@ impl Driver {
             wbuf: BytesMut::new(),
             established: None,
             collision_loser: None,
+            gate: task.advert.gate(),
+            advertised: false,
+            task,
         }
     }
 
@@ -289,7 +294,9 @@ impl Driver {
             let c1 = self.conns[1].as_ref().map(|c| &c.stream);
             let connecting = self.connecting.as_mut();
             let incoming = self.task.incoming.as_mut();
+            let gate = self.gate.as_mut();
             tokio::select! {
+                r = gate_changed(gate) => self.on_gate(r).await,
                 r = readable(c0) => self.on_readable(0, r).await,
                 r = readable(c1) => self.on_readable(1, r).await,
                 r = opt_future(connecting) => self.on_connected(r).await,
@@ -471,12 +478,8 @@ impl Driver {
                 Action::Established(n) => self.on_established(i, n),
                 Action::Update(u) => self.on_update(u),
                 Action::RouteRefresh { .. } => {
-                    if let Some(c) = self.conns[i].as_ref() {
-                        if let Some(n) = c.session.negotiated() {
-                            let shape = Shape::new(c.local.ip(), c.session.config().local_asn, n);
-                            self.wbuf
-                                .extend_from_slice(&self.task.advert.encoded(shape).bytes);
-                        }
+                    if let Some(enc) = self.encoded(i).filter(|_| self.advertised) {
+                        self.wbuf.extend_from_slice(&enc.announce);
                     }
                 }
                 Action::Disconnect {
@@ -486,7 +489,12 @@ impl Driver {
                     tracing::info!(peer = %self.task.shared.address, "session down: {reason}");
                     self.task.shared.set_error(reason.to_string());
                     if was_established {
-                        self.on_down();
+                        // RFC 4724 §4.2: a session lost without a NOTIFICATION
+                        // keeps the peer's routes, stale, for its restart time.
+                        let gr = (reason == DownReason::TcpFailed)
+                            .then(|| self.restart_time(i))
+                            .flatten();
+                        self.on_down(gr);
                     }
                     close = true;
                 }
@@ -510,6 +518,12 @@ impl Driver {
                 tracing::debug!(peer = %self.task.shared.address, "write failed: {e}");
                 let now = Instant::now();
                 let mut out = Vec::new();
+                let gr = c
+                    .session
+                    .negotiated()
+                    .and_then(|n| n.graceful_restart.as_ref())
+                    .filter(|_| c.session.config().graceful_restart.is_some())
+                    .map(|g| g.restart_time);
                 c.session.handle(Event::TcpConnectionFails, now, &mut out);
                 for a in out {
                     if let Action::Disconnect {
@@ -517,7 +531,7 @@ impl Driver {
                         ..
                     } = a
                     {
-                        self.on_down();
+                        self.on_down(gr);
                     }
                 }
                 self.close(i);
@@ -613,6 +627,48 @@ impl Driver {
         self.collision_loser = Some(loser);
     }
 
+    /// The peer's restart time when both sides negotiated graceful restart.
+    fn restart_time(&self, i: usize) -> Option<u16> {
+        let c = self.conns[i].as_ref()?;
+        c.session.config().graceful_restart?;
+        c.session
+            .negotiated()?
+            .graceful_restart
+            .as_ref()
+            .map(|g| g.restart_time)
+    }
+
+    fn encoded(&self, i: usize) -> Option<super::advert::Encoded> {
+        let c = self.conns[i].as_ref()?;
+        let n = c.session.negotiated()?;
+        let shape = Shape::new(c.local.ip(), c.session.config().local_asn, n);
+        Some(self.task.advert.encoded(shape))
+    }
+
+    /// The uplink gate moved: announce or withdraw on the Established session.
+    async fn on_gate(&mut self, changed: Result<(), watch::error::RecvError>) {
+        if changed.is_err() {
+            self.gate = None;
+        }
+        let open = self.task.advert.open();
+        let Some(i) = self.established else { return };
+        let Some(enc) = self.encoded(i) else { return };
+        if open && !self.advertised {
+            self.wbuf.extend_from_slice(&enc.announce);
+            self.task.shared.sent.store(enc.prefixes, Ordering::Relaxed);
+        } else if !open && self.advertised {
+            self.wbuf.extend_from_slice(&enc.withdraw);
+            self.task.shared.sent.store(0, Ordering::Relaxed);
+        } else {
+            return;
+        }
+        self.advertised = open;
+        if let Some(c) = self.conns[i].as_mut() {
+            c.session.sent_update(Instant::now());
+        }
+        self.flush(i).await;
+    }
+
     fn on_established(&mut self, i: usize, n: Box<Negotiated>) {
         let Some(c) = self.conns[i].as_ref() else {
             return;
@@ -631,8 +687,12 @@ impl Driver {
         let local_asn = c.session.config().local_asn;
         let shape = Shape::new(c.local.ip(), local_asn, &n);
         let enc = self.task.advert.encoded(shape);
-        shared.sent.store(enc.prefixes, Ordering::Relaxed);
-        self.wbuf.extend_from_slice(&enc.bytes);
+        self.advertised = self.task.advert.open();
+        if self.advertised {
+            shared.sent.store(enc.prefixes, Ordering::Relaxed);
+            self.wbuf.extend_from_slice(&enc.announce);
+        }
+        self.wbuf.extend_from_slice(&enc.eor);
         self.established = Some(i);
         let _ = self.task.rib.send(RibEvent::Up {
             peer: shared.clone(),
@@ -656,12 +716,15 @@ impl Driver {
         });
     }
 
-    fn on_down(&mut self) {
+    /// The Established session is gone; `stale_for` keeps its routes (GR).
+    fn on_down(&mut self, stale_for: Option<u16>) {
         let shared = &self.task.shared;
         shared.since.store(0, Ordering::Relaxed);
         shared.sent.store(0, Ordering::Relaxed);
+        self.advertised = false;
         let _ = self.task.rib.send(RibEvent::Down {
             peer: shared.clone(),
+            stale_for: stale_for.map(|s| Duration::from_secs(u64::from(s))),
         });
     }
 
@@ -680,7 +743,10 @@ impl Driver {
                 .as_ref()
                 .is_some_and(|c| c.session.state() == State::Established)
             {
-                self.on_down();
+                // Replaced by the same peer's new connection, or our own
+                // graceful-restart exit: no NOTIFICATION, routes kept stale.
+                let gr = self.restart_time(i);
+                self.on_down(gr);
             }
         }
         self.conns = [None, None];
@@ -696,6 +762,15 @@ async fn write(stream: &mut TcpStream, buf: Bytes) -> io::Result<()> {
         Ok(n) => stream.write_all(&buf[n..]).await,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.write_all(&buf).await,
         Err(e) => Err(e),
+    }
+}
+
+async fn gate_changed(
+    g: Option<&mut watch::Receiver<bool>>,
+) -> Result<(), watch::error::RecvError> {
+    match g {
+        Some(g) => g.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,12 +3,13 @@
 //! should have. Protocols never touch netlink; this is where "prefix P via these
 //! next hops" is handed over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hagw_bgp::packet::Update;
+use hagw_bgp::packet::{Update, AFI_IPV6};
 use hagw_bgp::rib::{Change, Path, Rib};
 use hagw_kernel::{FibSync, Nexthop};
 use ipnet::IpNet;
@@ -30,9 +31,25 @@ pub enum RibEvent {
     },
     Down {
         peer: Arc<PeerShared>,
+        /// Graceful restart: keep the peer's routes, stale, this long.
+        stale_for: Option<Duration>,
     },
     /// The current multipath sets, for `hagw status`.
     Routes(oneshot::Sender<Vec<(IpNet, Vec<IpAddr>)>>),
+    /// A restarting peer's time is up (RFC 4724 §4.2); `epoch` tells an old
+    /// timer from the current one.
+    StaleTimer { peer: IpAddr, epoch: u64 },
+    /// Our own restart's selection deferral is over.
+    DeferralEnd,
+}
+
+/// We restarted with graceful restart: the kernel still holds the routes of our
+/// previous run. Until every configured neighbor has sent End-of-RIB (or the
+/// restart time passes) the kernel is left alone, then brought to the new RIB in
+/// one pass and what was not refreshed is removed (RFC 4724 §4.1).
+pub struct Deferral {
+    pub neighbors: HashSet<IpAddr>,
+    pub limit: Duration,
 }
 
 struct PeerInfo {
@@ -43,21 +60,44 @@ struct PeerInfo {
 
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<RibEvent>,
+    tx: mpsc::UnboundedSender<RibEvent>,
     max_paths: usize,
     fib: Option<FibSync>,
+    deferral: Option<Deferral>,
 ) {
     let mut rib = Rib::new(max_paths);
     let mut peers: HashMap<IpAddr, PeerInfo> = HashMap::new();
     let mut changes = Vec::new();
+    let mut epochs: HashMap<IpAddr, u64> = HashMap::new();
+    let (mut deferring, mut waiting_eor) = match deferral {
+        Some(d) if fib.is_some() => {
+            let t = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d.limit).await;
+                let _ = t.send(RibEvent::DeferralEnd);
+            });
+            tracing::info!(
+                "graceful restart: keeping the previous run's routes until {} neighbor(s) send End-of-RIB",
+                d.neighbors.len()
+            );
+            (true, d.neighbors)
+        }
+        _ => (false, HashSet::new()),
+    };
     while let Some(ev) = rx.recv().await {
+        let mut end_deferral = false;
         match ev {
             RibEvent::Up {
                 peer,
                 ebgp,
                 remote_asn,
                 remote_id,
-                ..
+                graceful_restart,
             } => {
+                if !graceful_restart {
+                    // RFC 4724 §4.2: back without GR: its stale paths go now.
+                    rib.sweep_stale(peer.address, None, &mut changes);
+                }
                 peers.insert(
                     peer.address,
                     PeerInfo {
@@ -72,14 +112,45 @@ pub async fn run(
                     continue;
                 };
                 apply_update(&mut rib, peer.address, info, &update, &mut changes);
+                if let Some((afi, _)) = update.is_end_of_rib() {
+                    rib.sweep_stale(peer.address, Some(afi == AFI_IPV6), &mut changes);
+                    if waiting_eor.remove(&peer.address) && deferring && waiting_eor.is_empty() {
+                        end_deferral = true;
+                    }
+                }
                 peer.received
                     .store(rib.received_from(peer.address), Ordering::Relaxed);
             }
-            RibEvent::Down { peer } => {
+            RibEvent::Down { peer, stale_for } => {
                 peers.remove(&peer.address);
-                rib.peer_down(peer.address, &mut changes);
-                peer.received.store(0, Ordering::Relaxed);
+                let epoch = epochs.entry(peer.address).or_default();
+                *epoch += 1;
+                match stale_for {
+                    Some(d) => {
+                        tracing::info!(peer = %peer.address, "graceful restart: keeping its routes for {d:?}");
+                        rib.peer_restarting(peer.address);
+                        let (t, addr, e) = (tx.clone(), peer.address, *epoch);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            let _ = t.send(RibEvent::StaleTimer {
+                                peer: addr,
+                                epoch: e,
+                            });
+                        });
+                    }
+                    None => {
+                        rib.peer_down(peer.address, &mut changes);
+                        peer.received.store(0, Ordering::Relaxed);
+                    }
+                }
             }
+            RibEvent::StaleTimer { peer, epoch } => {
+                if epochs.get(&peer) == Some(&epoch) && rib.stale_count(peer) > 0 {
+                    tracing::info!(peer = %peer, "graceful restart: restart time over, removing its stale routes");
+                    rib.sweep_stale(peer, None, &mut changes);
+                }
+            }
+            RibEvent::DeferralEnd => end_deferral = deferring,
             RibEvent::Routes(tx) => {
                 let _ = tx.send(
                     rib.installed()
@@ -88,6 +159,18 @@ pub async fn run(
                         .collect(),
                 );
             }
+        }
+        if deferring {
+            changes.clear();
+            if !end_deferral {
+                continue;
+            }
+            deferring = false;
+            tracing::info!("graceful restart: selection deferral over, syncing the kernel");
+            changes.extend(rib.installed().iter().map(|(p, n)| Change {
+                prefix: *p,
+                next_hops: n.clone(),
+            }));
         }
         if let Some(fib) = &fib {
             for Change { prefix, next_hops } in changes.drain(..) {
@@ -101,6 +184,9 @@ pub async fn run(
                         })
                         .collect(),
                 );
+            }
+            if end_deferral {
+                fib.purge_stale();
             }
         } else {
             changes.clear();

@@ -1,0 +1,287 @@
+//! Issue 6 scenarios: uplink-gated announcements and graceful restart, on the
+//! seed-000 topology (host, r1, r2 on a switch; r1/r2 uplinks to an "internet").
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Hagw;
+use hagw_testkit::{addr, bridge, veth, Netns};
+
+struct Lab {
+    _sw: Netns,
+    host: Netns,
+    r1: Netns,
+    r2: Netns,
+    inet: Netns,
+}
+
+fn lab() -> Lab {
+    hagw_testkit::require_root();
+    let sw = Netns::new("sw");
+    let host = Netns::new("host");
+    let r1 = Netns::new("r1");
+    let r2 = Netns::new("r2");
+    let inet = Netns::new("inet");
+    veth(&host, "eth1", &sw, "p0");
+    veth(&r1, "eth1", &sw, "p1");
+    veth(&r2, "eth1", &sw, "p2");
+    bridge(&sw, "br0", &["p0", "p1", "p2"]);
+    addr(&host, "eth1", "192.168.100.100/24");
+    addr(&r1, "eth1", "192.168.100.20/24");
+    addr(&r2, "eth1", "192.168.100.21/24");
+    veth(&r1, "wan", &inet, "i1");
+    veth(&r2, "wan", &inet, "i2");
+    addr(&r1, "wan", "198.51.100.1/30");
+    addr(&inet, "i1", "198.51.100.2/30");
+    addr(&r2, "wan", "198.51.100.5/30");
+    addr(&inet, "i2", "198.51.100.6/30");
+    inet.sh("ip addr add 203.0.113.1/32 dev lo && ip route add 192.168.100.0/24 nexthop via 198.51.100.1 nexthop via 198.51.100.5");
+    r1.sh("ip route add default via 198.51.100.2");
+    r2.sh("ip route add default via 198.51.100.6");
+    r1.sysctl("net.ipv4.ip_forward", "1");
+    r2.sysctl("net.ipv4.ip_forward", "1");
+    Lab {
+        _sw: sw,
+        host,
+        r1,
+        r2,
+        inet,
+    }
+}
+
+fn router_config(id: &str, extra: &str) -> String {
+    format!(
+        r#"
+[bgp]
+asn = 65000
+router_id = "{id}"
+listen = ["{id}"]
+{extra}
+[[bgp.dynamic]]
+range = "192.168.100.96/27"
+remote_asn = "external"
+default_originate = true
+hold_time = 3
+"#
+    )
+}
+
+const HOST_CONFIG: &str = r#"
+[bgp]
+asn = 65100
+router_id = "192.168.100.100"
+[bgp.graceful_restart]
+enabled = true
+restart_time = 30
+[[bgp.neighbor]]
+address = "192.168.100.20"
+remote_asn = 65000
+hold_time = 3
+[[bgp.neighbor]]
+address = "192.168.100.21"
+remote_asn = 65000
+hold_time = 3
+[kernel]
+install = true
+pin_connections = false
+"#;
+
+const GR: &str = "[bgp.graceful_restart]\nenabled = true\nrestart_time = 30\n";
+
+fn default_route(ns: &Netns) -> String {
+    ns.sh("ip route show default")
+}
+
+fn wait_hops(ns: &Netns, hops: &[&str], timeout: Duration) {
+    ns.wait_for(&format!("default via {hops:?}"), timeout, |ns| {
+        let r = default_route(ns);
+        hops.iter().all(|h| r.contains(&format!("via {h}")))
+            && r.matches("via").count() == hops.len()
+    });
+}
+
+/// Runs `ping -i 0.002` from the host for `secs` while `during` runs; returns
+/// (sent, received).
+fn ping_while(lab: &Lab, secs: u32, during: impl FnOnce()) -> (u32, u32) {
+    let p = lab.host.spawn(
+        "ping",
+        &[
+            "-n",
+            "-q",
+            "-i",
+            "0.002",
+            "-w",
+            &secs.to_string(),
+            "203.0.113.1",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    let deadline = Instant::now() + Duration::from_secs(u64::from(secs) + 5);
+    while p.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = p.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary:\n{log}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn the_uplink_probe_withdraws_and_restores_the_default() {
+    let lab = lab();
+    let probe = "[[health]]\nprobe = \"icmp\"\ntarget = \"203.0.113.1\"\ninterval_ms = 100\nfall = 3\nrise = 3\n";
+    let _r1 = Hagw::start(
+        &lab.r1,
+        &format!("{}{probe}", router_config("192.168.100.20", "")),
+    );
+    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", ""));
+    let host = Hagw::start(&lab.host, HOST_CONFIG);
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(20),
+    );
+
+    // r1's uplink dies (silently): r1 withdraws, the host keeps only r2.
+    lab.inet.sh("nft add table inet cut && nft add chain inet cut c '{ type filter hook input priority 0; }' && nft add rule inet cut c iifname i1 drop");
+    let t = Instant::now();
+    wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(5));
+    eprintln!(
+        "withdrawn {} ms after the uplink cut",
+        t.elapsed().as_millis()
+    );
+    assert_eq!(
+        host.peer_state("192.168.100.20").as_deref(),
+        Some("Established"),
+        "the session stays up"
+    );
+    let st = _r1.status();
+    assert_eq!(st["health"][0]["state"], "down", "{st}");
+
+    lab.inet.sh("nft delete table inet cut");
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn an_unreachable_probe_target_at_start_is_reported_not_fatal() {
+    let lab = lab();
+    let probe =
+        "[[health]]\nprobe = \"tcp\"\ntarget = \"203.0.113.99\"\nport = 443\ninterval_ms = 200\n";
+    let r1 = Hagw::start(
+        &lab.r1,
+        &format!("{}{probe}", router_config("192.168.100.20", "")),
+    );
+    let _host = Hagw::start(&lab.host, HOST_CONFIG);
+    lab.r1
+        .wait_for("probe reported down", Duration::from_secs(5), |_| {
+            r1.status()["health"][0]["state"] == "down"
+        });
+    let st = r1.status();
+    assert!(st["health"][0]["last_error"].as_str().is_some(), "{st}");
+    assert!(r1.proc.is_running());
+    // Established, but no default for the host while the uplink is down.
+    lab.host
+        .wait_for("session up", Duration::from_secs(10), |_| {
+            _host.peer_state("192.168.100.20").as_deref() == Some("Established")
+        });
+    assert!(!default_route(&lab.host).contains("192.168.100.20"));
+}
+
+#[test]
+fn a_host_restart_with_graceful_restart_loses_no_packet() {
+    let lab = lab();
+    let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
+    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
+    let host = Hagw::start(&lab.host, HOST_CONFIG);
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(20),
+    );
+
+    let mut restarted = None;
+    let (sent, received) = ping_while(&lab, 6, || {
+        host.proc.stop();
+        assert!(
+            default_route(&lab.host).contains("proto hagw"),
+            "the kernel keeps the routes while hagw is away"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        restarted = Some(Hagw::start(&lab.host, HOST_CONFIG));
+        wait_hops(
+            &lab.host,
+            &["192.168.100.20", "192.168.100.21"],
+            Duration::from_secs(10),
+        );
+    });
+    eprintln!("host restart: {sent} sent, {received} received");
+    assert!(sent > 1000, "the stream ran: {sent}");
+    assert_eq!(sent, received, "no packet lost across the host's restart");
+    let h = restarted.expect("restarted");
+    lab.host
+        .wait_for("both sessions back", Duration::from_secs(10), |_| {
+            h.peer_state("192.168.100.20").as_deref() == Some("Established")
+                && h.peer_state("192.168.100.21").as_deref() == Some("Established")
+        });
+}
+
+#[test]
+fn a_router_restart_with_graceful_restart_loses_no_packet() {
+    let lab = lab();
+    let r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
+    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
+    let host = Hagw::start(&lab.host, HOST_CONFIG);
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(20),
+    );
+
+    let mut restarted = None;
+    let (sent, received) = ping_while(&lab, 6, || {
+        r1.proc.stop();
+        // The host (helper) keeps r1's next hop while r1 restarts.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(default_route(&lab.host).contains("via 192.168.100.20"));
+        restarted = Some(Hagw::start(&lab.r1, &router_config("192.168.100.20", GR)));
+    });
+    eprintln!("router restart: {sent} sent, {received} received");
+    assert!(sent > 1000, "the stream ran: {sent}");
+    assert_eq!(sent, received, "no packet lost across r1's restart");
+    lab.host.wait_for("r1 back", Duration::from_secs(15), |_| {
+        host.peer_state("192.168.100.20").as_deref() == Some("Established")
+    });
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn without_graceful_restart_a_stopped_router_is_withdrawn_at_once() {
+    let lab = lab();
+    let r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", ""));
+    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", ""));
+    let _host = Hagw::start(&lab.host, HOST_CONFIG);
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(20),
+    );
+    r1.proc.stop();
+    // r1 sent a Cease: its next hop goes at once, the default never disappears.
+    wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(2));
+}

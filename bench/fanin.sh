@@ -42,8 +42,11 @@ for n in sorted(rows):
     for impl, kv in r.items():
         t = float(kv['all_default_s']); rss = int(kv['router_rss_kib']) / 1024
         s = f"{impl} {t:.2f}s/{rss:.0f}MB" if t >= 0 else f"{impl} {kv['with_default']}/{n} in timeout/{rss:.0f}MB"
-        if h and impl != 'hagw' and t > 0 and float(h['all_default_s']) > 0:
-            s += f" (hagw x{t / float(h['all_default_s']):.1f} faster)"
+        ht = float(h['all_default_s']) if h else -1
+        if impl == 'floor' and t > 0 and ht > 0:
+            s += f" (hagw = floor x{ht / t:.1f})"
+        elif h and impl != 'hagw' and t > 0 and ht > 0:
+            s += f" ({impl} = hagw x{t / ht:.1f})"
         parts.append(s)
     print(f"N={n}: " + "; ".join(parts))
 PY

@@ -128,7 +128,7 @@ impl Nexthop {
 
     /// Whether a next hop the kernel reports (`kernel`, always with an
     /// interface) is this one.
-    fn matches(&self, kernel: &Nexthop) -> bool {
+    pub(crate) fn matches(&self, kernel: &Nexthop) -> bool {
         self.addr == kernel.addr && (self.ifindex.is_none() || self.ifindex == kernel.ifindex)
     }
 }

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 pub mod fib;
 pub mod monitor;
 pub mod netlink;
+pub mod pinning;
 pub mod sysctl;
 
 pub use fib::{DhcpDefault, FibConfig, FibSync, Nexthop, StaticRoute};

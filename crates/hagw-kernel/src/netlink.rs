@@ -34,6 +34,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
+    rule::RuleMessage,
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
@@ -237,14 +238,33 @@ impl NlSocket {
     pub async fn dump_routes(&mut self) -> io::Result<Vec<RouteMessage>> {
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Unspec;
+        self.dump_picked(RouteNetlinkMessage::GetRoute(req), |m| match m {
+            RouteNetlinkMessage::NewRoute(m) => Some(m),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Dumps all policy routing rules (IPv4 and IPv6).
+    pub async fn dump_rules(&mut self) -> io::Result<Vec<RuleMessage>> {
+        let mut req = RuleMessage::default();
+        req.header.family = AddressFamily::Unspec;
+        self.dump_picked(RouteNetlinkMessage::GetRule(req), |m| match m {
+            RouteNetlinkMessage::NewRule(m) => Some(m),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a dump request and collects the answers `pick` keeps.
+    async fn dump_picked<T>(
+        &mut self,
+        req: RouteNetlinkMessage,
+        pick: impl Fn(RouteNetlinkMessage) -> Option<T>,
+    ) -> io::Result<Vec<T>> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
-        serialize(
-            RouteNetlinkMessage::GetRoute(req),
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            &mut buf,
-        );
+        serialize(req, NLM_F_REQUEST | NLM_F_DUMP, seq, &mut buf);
         self.send_raw(&buf).await?;
         let mut out = Vec::new();
         loop {
@@ -253,10 +273,7 @@ impl NlSocket {
                 .map_err(|_| io::Error::from_raw_os_error(nix::libc::ETIMEDOUT))??;
             for p in parse_datagram(&dgram) {
                 match p {
-                    Parsed::Msg {
-                        seq: s,
-                        msg: RouteNetlinkMessage::NewRoute(m),
-                    } if s == seq => out.push(m),
+                    Parsed::Msg { seq: s, msg } if s == seq => out.extend(pick(msg)),
                     Parsed::Done { seq: s } if s == seq => return Ok(out),
                     Parsed::Ack {
                         seq: s,

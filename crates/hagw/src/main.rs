@@ -78,7 +78,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime().and_then(|rt| rt.block_on(hagw::daemon::run(cfg))) {
+            match runtime().and_then(|rt| rt.block_on(hagw::daemon::run(cfg, Some(config.clone()))))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

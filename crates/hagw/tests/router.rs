@@ -273,3 +273,45 @@ fn a_bad_config_is_refused_with_the_check_messages() {
         "run refuses with the same words as check"
     );
 }
+
+#[test]
+fn frr_gets_the_ipv6_default_over_an_ipv6_session() {
+    hagw_testkit::require_root();
+    let r = Netns::new("rtr6");
+    let h = Netns::new("host6");
+    veth(&r, "r0", &h, "h0");
+    addr(&r, "r0", "fd00:200::1/64");
+    addr(&h, "h0", "fd00:200::2/64");
+    let hagw = Hagw::start(
+        &r,
+        r#"
+[bgp]
+asn = 65000
+router_id = "10.200.0.1"
+[[bgp.dynamic]]
+range = "fd00:200::/64"
+remote_asn = "external"
+default_originate = true
+"#,
+    );
+    let _frr = Frr::start(
+        &h,
+        "frr defaults datacenter\n\
+         router bgp 65101\n bgp router-id 10.200.1.1\n no bgp ebgp-requires-policy\n\
+         neighbor fd00:200::1 remote-as 65000\n\
+         address-family ipv6 unicast\n  neighbor fd00:200::1 activate\n exit-address-family\n",
+        false,
+    );
+    h.wait_for(
+        "FRR's IPv6 default via hagw",
+        Duration::from_secs(30),
+        |ns| {
+            ns.sh("ip -6 route show default")
+                .contains("via fd00:200::1")
+        },
+    );
+    assert_eq!(
+        hagw.peer_state("fd00:200::2").as_deref(),
+        Some("Established")
+    );
+}

@@ -65,7 +65,7 @@ pub struct Daemon {
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let (rib_tx, rib_rx) = mpsc::unbounded_channel();
     let kernel = cfg.kernel.clone();
     let gr = cfg
@@ -218,9 +218,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: config reload is not supported yet; restart hagw to apply a new config");
-            }
+            _ = hup.recv() => reload_check(config_path.as_deref()),
         }
     }
     tracing::info!("shutting down");
@@ -240,6 +238,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     control.remove();
     Ok(())
+}
+
+/// SIGHUP: a config that does not check is reported and the running one kept.
+/// A valid one is not applied live yet: hagw says so (with graceful restart, a
+/// restart to apply it loses no traffic).
+fn reload_check(path: Option<&std::path::Path>) {
+    let Some(path) = path else { return };
+    match config::load(path) {
+        Err(e) => tracing::error!("SIGHUP: {e}\nkeeping the running config"),
+        Ok(_) => tracing::warn!(
+            "SIGHUP: {} is valid, but hagw does not apply config changes live yet; \
+             restart it to apply them (with [bgp.graceful_restart] no traffic is lost)",
+            path.display()
+        ),
+    }
 }
 
 async fn start_kernel(k: &config::Kernel, keep_stale: bool) -> anyhow::Result<FibSync> {

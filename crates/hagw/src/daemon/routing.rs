@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hagw_bgp::packet::{Update, AFI_IPV6};
 use hagw_bgp::rib::{Change, Path, Rib};
-use hagw_kernel::{FibSync, Nexthop};
+use hagw_kernel::{pinning::Pinning, FibSync, Nexthop};
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 
@@ -64,6 +64,7 @@ pub async fn run(
     max_paths: usize,
     fib: Option<FibSync>,
     deferral: Option<Deferral>,
+    pin: Option<Pinning>,
 ) {
     let mut rib = Rib::new(max_paths);
     let mut peers: HashMap<IpAddr, PeerInfo> = HashMap::new();
@@ -174,16 +175,20 @@ pub async fn run(
         }
         if let Some(fib) = &fib {
             for Change { prefix, next_hops } in changes.drain(..) {
-                fib.set_route(
-                    prefix,
-                    next_hops
-                        .into_iter()
-                        .map(|addr| Nexthop {
-                            addr,
-                            ifindex: None,
-                        })
-                        .collect(),
-                );
+                let nhs: Vec<Nexthop> = next_hops
+                    .into_iter()
+                    .map(|addr| Nexthop {
+                        addr,
+                        ifindex: None,
+                    })
+                    .collect();
+                // FIB first; pinning follows the default route's next hops
+                // (a message to its task: never blocks).
+                let pin_nhs = (prefix.prefix_len() == 0).then(|| nhs.clone());
+                fib.set_route(prefix, nhs);
+                if let (Some(pin), Some(nhs)) = (&pin, pin_nhs) {
+                    pin.set_default(prefix, nhs);
+                }
             }
             if end_deferral {
                 fib.purge_stale();

@@ -1,0 +1,1023 @@
+//! Connection pinning: every connection stays on the router it started on.
+//!
+//! Plain ECMP rehashes flows whenever the next-hop set of the default route
+//! changes: when a router comes back, a share of the flows that survived on
+//! the others moves to it, and its SNAT does not know them (measured in the
+//! lab: ~63 of 101 surviving flows broke on `heal`). Resilient nexthop groups
+//! do not help host-originated traffic (local sockets never mark buckets
+//! busy). So hagw pins each connection:
+//!
+//! * every router R of the default route's next-hop set gets a **slot** `n`
+//!   (1..=[`MarkSpace::slots`]), a routing **table** `table_base + n` holding
+//!   `default via R proto 199`, and a **rule**
+//!   `priority rule_priority fwmark (n << shift)/mask lookup table_base+n
+//!   proto 199` (one per router, in R's address family);
+//! * nftables table `inet hagw_pin` (one `nft -f -` transaction: add, delete
+//!   and re-create the table, so the swap is atomic):
+//!   - `postrouting` (filter, mangle priority): on a connection's first
+//!     routed packet (its conntrack mark has none of our bits), look the
+//!     route's next hop up (`rt ip nexthop` / `rt ip6 nexthop`) in a verdict
+//!     map of the routers and set the slot into the **conntrack mark**,
+//!     keeping the other bits (`ct mark set ct mark and ~mask or (n << shift)`);
+//!   - `output` (type route, so a changed mark re-routes the packet) and
+//!     `prerouting` (forwarded traffic): copy the slot of the conntrack mark
+//!     into the **packet mark** (again only our bits), so the rule sends the
+//!     packet to the router's table — the same router, whatever the
+//!     multipath route hashes to now;
+//! * a router leaving the set loses its rule and table at once (and its map
+//!   entries): its pinned connections fall back to the multipath route. A
+//!   router keeps its slot while it is present, and gets the same slot back
+//!   when it returns (a remembered slot, else a slot derived from a hash of
+//!   its address, so restarts tend to give the same slots).
+//!
+//! Marks never collide with other users': only the bits of
+//! [`PinConfig::mark_mask`] (default `0xff00`) are ever written, in both the
+//! conntrack mark and the packet mark; packets whose packet mark already has
+//! some of those bits set by someone else are neither pinned nor re-marked.
+//! The rule priority (default [`DEFAULT_RULE_PRIORITY`] = 32700) is just
+//! before `main` (32766): an administrator's own rules (usually lower
+//! numbers) keep precedence, and only the main table's multipath default is
+//! overridden.
+//!
+//! What hagw owns, and removes at start (leftovers of a crashed run) and at
+//! shutdown: the nftables table `inet <nft_table>`, rules of protocol
+//! [`RTPROT_HAGW`](crate::RTPROT_HAGW) at `rule_priority` whose table is in
+//! `table_base+1 ..= table_base+slots`, and routes of that protocol in those
+//! tables. Nothing else is touched.
+//!
+//! The nftables table is written with the `nft` binary (`nft -f -`), which
+//! must be installed; routes and rules go over rtnetlink like [`crate::fib`].
+//! [`Pinning`] is a handle to a background task: [`Pinning::set_default`] never
+//! blocks its caller.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Write as _,
+    net::IpAddr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::{
+    route::RouteProtocol,
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+    AddressFamily, RouteNetlinkMessage,
+};
+use tokio::{
+    io::AsyncWriteExt,
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    fib::Nexthop,
+    netlink::{build_delete_exact, build_route, parse_route, NlSocket, Request},
+    KernelError, RTPROT_HAGW,
+};
+
+/// First routing table id minus one (router slot `n` uses `base + n`, so
+/// 9001..=9255 with the default mask): below policy routing's default range
+/// (`PolicyConfig::table_base` 10000: tables 10001..=75535).
+pub const DEFAULT_TABLE_BASE: u32 = 9000;
+/// Priority of the fwmark rules: just before `main` (32766).
+pub const DEFAULT_RULE_PRIORITY: u32 = 32700;
+/// Bits of the conntrack and packet marks hagw uses (255 slots).
+pub const DEFAULT_MARK_MASK: u32 = 0x0000_ff00;
+/// The nftables table (family `inet`).
+pub const DEFAULT_NFT_TABLE: &str = "hagw_pin";
+/// Retry delay after a failed operation.
+const RETRY: Duration = Duration::from_secs(1);
+/// Period of the safety resync (dump rules and routes, reload the nft table).
+const RESYNC_PERIOD: Duration = Duration::from_secs(30);
+/// Longest an `nft` run may take.
+const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Configuration of [`Pinning`].
+#[derive(Debug, Clone)]
+pub struct PinConfig {
+    /// Router slot `n` uses table `table_base + n`.
+    pub table_base: u32,
+    /// Priority of the fwmark rules.
+    pub rule_priority: u32,
+    /// Contiguous bits of the marks hagw may use.
+    pub mark_mask: u32,
+    /// Name of the `inet` nftables table.
+    pub nft_table: String,
+    /// Protocol of the rules and routes ([`RTPROT_HAGW`]).
+    pub protocol: u8,
+    /// The `nft` program.
+    pub nft: String,
+}
+
+impl Default for PinConfig {
+    fn default() -> Self {
+        PinConfig {
+            table_base: DEFAULT_TABLE_BASE,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            mark_mask: DEFAULT_MARK_MASK,
+            nft_table: DEFAULT_NFT_TABLE.to_string(),
+            protocol: RTPROT_HAGW,
+            nft: "nft".to_string(),
+        }
+    }
+}
+
+/// Errors of [`Pinning::start`].
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("mark mask {0:#x} must be a non-zero run of contiguous bits")]
+    Mask(u32),
+    #[error("table base {base} + {slots} slots overflows the table ids (or hits 253..=255)")]
+    Tables { base: u32, slots: u32 },
+    #[error("nft table name {0:?}: use letters, digits and '_'")]
+    TableName(String),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("netlink: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("nft: {0}")]
+    Nft(String),
+}
+
+/// The mark bits hagw uses: slot `n` is the value `n << shift` inside `mask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkSpace {
+    mask: u32,
+    shift: u32,
+}
+
+impl MarkSpace {
+    /// `None` unless `mask` is a non-zero run of contiguous bits.
+    pub fn new(mask: u32) -> Option<MarkSpace> {
+        if mask == 0 {
+            return None;
+        }
+        let shift = mask.trailing_zeros();
+        let run = mask >> shift;
+        (run & run.wrapping_add(1) == 0).then_some(MarkSpace { mask, shift })
+    }
+
+    pub fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    /// The highest slot (slots are `1..=slots()`; 0 means "not pinned").
+    pub fn slots(&self) -> u32 {
+        self.mask >> self.shift
+    }
+
+    /// The mark value of `slot` (only bits inside the mask).
+    pub fn mark(&self, slot: u32) -> u32 {
+        (slot << self.shift) & self.mask
+    }
+
+    /// The slot a mark carries (0: none).
+    pub fn slot_of(&self, mark: u32) -> u32 {
+        (mark & self.mask) >> self.shift
+    }
+
+    /// What the nftables rules do to a mark: our bits become `slot`'s, the
+    /// others are kept.
+    pub fn set(&self, current: u32, slot: u32) -> u32 {
+        (current & !self.mask) | self.mark(slot)
+    }
+}
+
+/// One router of [`Pinning::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedRouter {
+    pub nexthop: Nexthop,
+    pub slot: u32,
+    pub table: u32,
+    /// The mark value (inside the mask).
+    pub mark: u32,
+    /// Table route, rule and nft entries are all in place.
+    pub active: bool,
+    pub error: Option<String>,
+}
+
+enum Cmd {
+    Set(IpNet, Vec<Nexthop>),
+    Snapshot(oneshot::Sender<Vec<PinnedRouter>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to the pinning task (spawned on the current tokio runtime).
+#[derive(Clone, Debug)]
+pub struct Pinning {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Pinning {
+    /// Checks the config, removes leftovers of a previous run (nft table,
+    /// rules, tables; the routers' slots are remembered so connections
+    /// pinned by that run keep their router), and spawns the task. Runs in
+    /// the calling thread's network namespace.
+    pub async fn start(cfg: PinConfig) -> Result<Pinning, PinError> {
+        let space = MarkSpace::new(cfg.mark_mask).ok_or(PinError::Mask(cfg.mark_mask))?;
+        let last = cfg.table_base.checked_add(space.slots());
+        let reserved = |t: u32| (253..=255).contains(&t) || t == 0;
+        if last.is_none_or(|l| (cfg.table_base + 1..=l).any(reserved)) {
+            return Err(PinError::Tables {
+                base: cfg.table_base,
+                slots: space.slots(),
+            });
+        }
+        if cfg.nft_table.is_empty()
+            || !cfg
+                .nft_table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(PinError::TableName(cfg.nft_table));
+        }
+        let sock = NlSocket::open(0)?;
+        let mut st = State {
+            slots: Slots::new(space),
+            space,
+            cfg,
+            sock,
+            desired: BTreeMap::new(),
+            installed: BTreeMap::new(),
+            nft_loaded: None,
+            retry_at: None,
+        };
+        st.cleanup(true).await?;
+        st.nft_remove().await.map_err(PinError::Nft)?;
+        st.apply().await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(st.run(rx));
+        Ok(Pinning { tx })
+    }
+
+    /// The next hops of the default route `default` (0.0.0.0/0 or ::/0;
+    /// other prefixes are ignored). Never blocks; bursts are coalesced.
+    pub fn set_default(&self, default: IpNet, nexthops: Vec<Nexthop>) {
+        if default.prefix_len() == 0 {
+            let _ = self.tx.send(Cmd::Set(default, nexthops));
+        }
+    }
+
+    /// The routers and their slots, after pending changes are applied.
+    pub async fn snapshot(&self) -> Vec<PinnedRouter> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Snapshot(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Removes everything (nft table, rules, tables) and stops the task.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Slot allocation: a router keeps its slot while present; a returning
+/// router gets its old slot back if free; a new one gets a slot derived from
+/// its address (FNV-1a, linear probing), avoiding slots remembered for
+/// absent routers while others are free.
+struct Slots {
+    space: MarkSpace,
+    current: BTreeMap<Nexthop, u32>,
+    remembered: HashMap<Nexthop, u32>,
+}
+
+impl Slots {
+    fn new(space: MarkSpace) -> Slots {
+        Slots {
+            space,
+            current: BTreeMap::new(),
+            remembered: HashMap::new(),
+        }
+    }
+
+    fn preferred(&self, nh: &Nexthop) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        let bytes = match nh.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        for b in bytes {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        1 + h % self.space.slots()
+    }
+
+    fn assign(&mut self, nh: &Nexthop) -> Option<u32> {
+        if let Some(s) = self.current.get(nh) {
+            return Some(*s);
+        }
+        let taken: BTreeSet<u32> = self.current.values().copied().collect();
+        let others: BTreeSet<u32> = self
+            .remembered
+            .iter()
+            .filter(|(n, _)| *n != nh)
+            .map(|(_, s)| *s)
+            .collect();
+        let n = self.space.slots();
+        let start = self.preferred(nh);
+        let probe = |avoid: &BTreeSet<u32>| {
+            (0..n)
+                .map(|i| 1 + (start - 1 + i) % n)
+                .find(|s| !taken.contains(s) && !avoid.contains(s))
+        };
+        let slot = self
+            .remembered
+            .get(nh)
+            .copied()
+            .filter(|s| !taken.contains(s))
+            .or_else(|| probe(&others))
+            .or_else(|| probe(&BTreeSet::new()))?;
+        self.current.insert(*nh, slot);
+        Some(slot)
+    }
+
+    fn release(&mut self, nh: &Nexthop) {
+        if let Some(s) = self.current.remove(nh) {
+            self.remembered.insert(*nh, s);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Installed {
+    slot: u32,
+    route: bool,
+    rule: bool,
+    error: Option<String>,
+}
+
+struct State {
+    cfg: PinConfig,
+    space: MarkSpace,
+    sock: NlSocket,
+    slots: Slots,
+    /// Desired next hops per family (false: IPv4, true: IPv6).
+    desired: BTreeMap<bool, Vec<Nexthop>>,
+    installed: BTreeMap<Nexthop, Installed>,
+    /// The ruleset last loaded successfully.
+    nft_loaded: Option<String>,
+    retry_at: Option<Instant>,
+}
+
+fn default_of(nh: &Nexthop) -> IpNet {
+    match nh.addr {
+        IpAddr::V4(_) => IpNet::V4(Default::default()),
+        IpAddr::V6(_) => IpNet::V6(Default::default()),
+    }
+}
+
+fn family_of(nh: &Nexthop) -> AddressFamily {
+    match nh.addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// The rule `priority P fwmark MARK/MASK lookup TABLE proto PROTO`.
+pub fn build_rule(
+    family: AddressFamily,
+    table: u32,
+    priority: u32,
+    mark: u32,
+    mask: u32,
+    protocol: u8,
+) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = family;
+    m.header.action = RuleAction::ToTable;
+    m.header.table = u8::try_from(table).unwrap_or(0);
+    m.attributes = vec![
+        RuleAttribute::Table(table),
+        RuleAttribute::Priority(priority),
+        RuleAttribute::FwMark(mark),
+        RuleAttribute::FwMask(mask),
+        RuleAttribute::Protocol(RouteProtocol::from(protocol)),
+    ];
+    m
+}
+
+/// A rule as read from the kernel (the fields pinning cares about).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KernelRule {
+    family: AddressFamily,
+    table: u32,
+    priority: u32,
+    protocol: u8,
+    mark: u32,
+    mask: u32,
+}
+
+fn parse_rule(m: &RuleMessage) -> KernelRule {
+    let mut r = KernelRule {
+        family: m.header.family,
+        table: u32::from(m.header.table),
+        priority: 0,
+        protocol: 0,
+        mark: 0,
+        mask: 0,
+    };
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Table(t) => r.table = *t,
+            RuleAttribute::Priority(p) => r.priority = *p,
+            RuleAttribute::Protocol(p) => r.protocol = u8::from(*p),
+            RuleAttribute::FwMark(v) => r.mark = *v,
+            RuleAttribute::FwMask(v) => r.mask = *v,
+            _ => {}
+        }
+    }
+    r
+}
+
+/// The nftables script for the active routers (`(next hop, slot)`): one
+/// transaction that creates, deletes and re-creates the table.
+pub fn ruleset(table: &str, space: MarkSpace, routers: &[(Nexthop, u32)]) -> String {
+    let mask = space.mask();
+    let keep = !mask;
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {table} {{}}\ndelete table inet {table}");
+    let _ = writeln!(s, "table inet {table} {{");
+    let slots: BTreeSet<u32> = routers.iter().map(|(_, s)| *s).collect();
+    for slot in &slots {
+        let mark = space.mark(*slot);
+        let _ = writeln!(
+            s,
+            "\tchain pin_{slot} {{\n\t\tct mark set ct mark and {keep:#010x} or {mark:#010x}\n\t}}"
+        );
+        let _ = writeln!(
+            s,
+            "\tchain mark_{slot} {{\n\t\tmeta mark set meta mark and {keep:#010x} or {mark:#010x}\n\t}}"
+        );
+    }
+    let copy = if slots.is_empty() {
+        String::new()
+    } else {
+        let entries: Vec<String> = slots
+            .iter()
+            .map(|s| format!("{:#010x} : jump mark_{s}", space.mark(*s)))
+            .collect();
+        format!(
+            "\t\tmeta mark and {mask:#010x} == 0 ct mark and {mask:#010x} vmap {{ {} }}\n",
+            entries.join(", ")
+        )
+    };
+    let _ = write!(
+        s,
+        "\tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n{copy}\t}}\n"
+    );
+    let _ = write!(
+        s,
+        "\tchain output {{\n\t\ttype route hook output priority mangle; policy accept;\n{copy}\t}}\n"
+    );
+    let _ = writeln!(
+        s,
+        "\tchain postrouting {{\n\t\ttype filter hook postrouting priority mangle; policy accept;"
+    );
+    if !routers.is_empty() {
+        let _ = writeln!(s, "\t\tct mark and {mask:#010x} != 0 return");
+        let _ = writeln!(s, "\t\tmeta mark and {mask:#010x} != 0 return");
+    }
+    for (v6, fam, rt) in [
+        (false, "ip", "rt ip nexthop"),
+        (true, "ip6", "rt ip6 nexthop"),
+    ] {
+        let of: Vec<&(Nexthop, u32)> = routers
+            .iter()
+            .filter(|(nh, _)| nh.addr.is_ipv6() == v6)
+            .collect();
+        if of.is_empty() {
+            continue;
+        }
+        let addrs: BTreeSet<IpAddr> = of.iter().map(|(nh, _)| nh.addr).collect();
+        let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        // Traffic to a router itself (the BGP session) is not pinned.
+        let _ = writeln!(s, "\t\t{fam} daddr {{ {} }} return", addrs.join(", "));
+        let mut seen = BTreeSet::new();
+        let entries: Vec<String> = of
+            .iter()
+            .filter(|(nh, _)| seen.insert(nh.addr))
+            .map(|(nh, slot)| format!("{} : jump pin_{slot}", nh.addr))
+            .collect();
+        let _ = writeln!(s, "\t\t{rt} vmap {{ {} }}", entries.join(", "));
+    }
+    let _ = writeln!(s, "\t}}\n}}");
+    s
+}
+
+impl State {
+    fn range(&self) -> std::ops::RangeInclusive<u32> {
+        self.cfg.table_base + 1..=self.cfg.table_base + self.space.slots()
+    }
+
+    fn is_our_rule(&self, r: &KernelRule) -> bool {
+        r.protocol == self.cfg.protocol
+            && r.priority == self.cfg.rule_priority
+            && self.range().contains(&r.table)
+    }
+
+    fn schedule_retry(&mut self) {
+        let t = Instant::now() + RETRY;
+        self.retry_at = Some(self.retry_at.map_or(t, |r| r.min(t)));
+    }
+
+    /// Dumps rules and routes: deletes ours that are not wanted (with
+    /// `remember`, records their router's slot first), and marks missing
+    /// ones of installed routers for re-adding.
+    async fn cleanup(&mut self, remember: bool) -> std::io::Result<()> {
+        let mut found_rules = BTreeSet::new();
+        let mut dels = Vec::new();
+        for m in self.sock.dump_rules().await? {
+            let r = parse_rule(&m);
+            if !self.is_our_rule(&r) {
+                continue;
+            }
+            let slot = r.table - self.cfg.table_base;
+            let wanted = self.installed.iter().any(|(nh, i)| {
+                i.rule
+                    && i.slot == slot
+                    && family_of(nh) == r.family
+                    && r.mark == self.space.mark(slot)
+                    && r.mask == self.space.mask()
+            });
+            if wanted && found_rules.insert((r.family == AddressFamily::Inet6, slot)) {
+                continue;
+            }
+            dels.push(Request {
+                msg: RouteNetlinkMessage::DelRule(build_rule(
+                    r.family, r.table, r.priority, r.mark, r.mask, r.protocol,
+                )),
+                flags: 0,
+            });
+        }
+        let mut found_routes = BTreeSet::new();
+        for m in self.sock.dump_routes().await? {
+            let Some(r) = parse_route(m) else { continue };
+            if r.protocol != self.cfg.protocol || !self.range().contains(&r.table) {
+                continue;
+            }
+            let slot = r.table - self.cfg.table_base;
+            if remember {
+                if let [nh] = r.nexthops.as_slice() {
+                    let nh = self
+                        .desired
+                        .values()
+                        .flatten()
+                        .find(|d| d.matches(nh))
+                        .copied()
+                        .unwrap_or(Nexthop::new(nh.addr));
+                    self.slots.remembered.insert(nh, slot);
+                }
+            }
+            let wanted = r.prefix.prefix_len() == 0
+                && self.installed.iter().any(|(nh, i)| {
+                    i.route && i.slot == slot && r.nexthops.iter().any(|k| nh.matches(k))
+                });
+            if wanted && found_routes.insert(slot) {
+                continue;
+            }
+            dels.push(Request {
+                msg: RouteNetlinkMessage::DelRoute(build_delete_exact(&r)),
+                flags: 0,
+            });
+        }
+        for (nh, i) in &mut self.installed {
+            if i.route && !found_routes.contains(&i.slot) {
+                debug!(router = %nh, "pinning table route missing; re-adding");
+                i.route = false;
+            }
+            if i.rule && !found_rules.contains(&(nh.addr.is_ipv6(), i.slot)) {
+                debug!(router = %nh, "pinning rule missing; re-adding");
+                i.rule = false;
+            }
+        }
+        if !dels.is_empty() {
+            info!(
+                count = dels.len(),
+                "removing stray pinning rules and routes"
+            );
+            for res in self.sock.batch(dels).await? {
+                if let Err(e) = res {
+                    if e.errno != nix::libc::ENOENT && e.errno != nix::libc::ESRCH {
+                        warn!(error = %e, "cannot remove stray pinning rule or route");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn nft_run(&self, script: &str) -> Result<(), String> {
+        let mut child = tokio::process::Command::new(&self.cfg.nft)
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.cfg.nft))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|e| format!("writing to nft: {e}"))?;
+        }
+        let out = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| "nft timed out".to_string())?
+            .map_err(|e| format!("nft: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nft -f - failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    async fn nft_remove(&mut self) -> Result<(), String> {
+        let t = &self.cfg.nft_table;
+        self.nft_run(&format!("table inet {t} {{}}\ndelete table inet {t}\n"))
+            .await?;
+        self.nft_loaded = None;
+        Ok(())
+    }
+
+    /// Converges rules, tables and the nft table on the desired routers.
+    async fn apply(&mut self) {
+        if let Err(e) = self.apply_once().await {
+            error!(error = %e, "pinning: netlink request failed; retrying");
+            self.schedule_retry();
+        }
+    }
+
+    async fn apply_once(&mut self) -> std::io::Result<()> {
+        let (base, prio, proto) = (
+            self.cfg.table_base,
+            self.cfg.rule_priority,
+            self.cfg.protocol,
+        );
+        let mask = self.space.mask();
+        let want: BTreeSet<Nexthop> = self.desired.values().flatten().copied().collect();
+
+        // Routers gone: rule first (their connections fall back to the
+        // multipath route), then their table.
+        let gone: Vec<Nexthop> = self
+            .installed
+            .keys()
+            .filter(|nh| !want.contains(nh))
+            .copied()
+            .collect();
+        let mut reqs = Vec::new();
+        for nh in &gone {
+            let Some(i) = self.installed.remove(nh) else {
+                continue;
+            };
+            self.slots.release(nh);
+            info!(router = %nh, slot = i.slot, "router left: unpinning its connections");
+            let table = base + i.slot;
+            if i.rule {
+                reqs.push(Request {
+                    msg: RouteNetlinkMessage::DelRule(build_rule(
+                        family_of(nh),
+                        table,
+                        prio,
+                        self.space.mark(i.slot),
+                        mask,
+                        proto,
+                    )),
+                    flags: 0,
+                });
+            }
+            if i.route {
+                // Metric 0 matches any metric; the protocol only ours.
+                reqs.push(Request {
+                    msg: RouteNetlinkMessage::DelRoute(build_route(
+                        default_of(nh),
+                        table,
+                        proto,
+                        0,
+                        &[],
+                    )),
+                    flags: 0,
+                });
+            }
+        }
+        if !reqs.is_empty() {
+            for res in self.sock.batch(reqs).await? {
+                if let Err(e) = res {
+                    if e.errno != nix::libc::ENOENT && e.errno != nix::libc::ESRCH {
+                        warn!(error = %e, "cannot remove a pinning rule or route");
+                    }
+                }
+            }
+        }
+
+        // Routers present: table route, then rule.
+        for nh in &want {
+            if self.installed.contains_key(nh) {
+                continue;
+            }
+            match self.slots.assign(nh) {
+                Some(slot) => {
+                    info!(router = %nh, slot, table = base + slot, mark = format_args!("{:#x}", self.space.mark(slot)), "pinning connections to router");
+                    self.installed.insert(
+                        *nh,
+                        Installed {
+                            slot,
+                            route: false,
+                            rule: false,
+                            error: None,
+                        },
+                    );
+                }
+                None => warn!(router = %nh, "no free pinning slot (mark mask too small)"),
+            }
+        }
+        let todo: Vec<(Nexthop, u32)> = self
+            .installed
+            .iter()
+            .filter(|(_, i)| !i.route)
+            .map(|(nh, i)| (*nh, i.slot))
+            .collect();
+        if !todo.is_empty() {
+            let reqs = todo
+                .iter()
+                .map(|(nh, slot)| Request {
+                    msg: RouteNetlinkMessage::NewRoute(build_route(
+                        default_of(nh),
+                        base + slot,
+                        proto,
+                        0,
+                        &[*nh],
+                    )),
+                    flags: NLM_F_CREATE | NLM_F_REPLACE,
+                })
+                .collect();
+            let res = self.sock.batch(reqs).await?;
+            for ((nh, _), r) in todo.iter().zip(res) {
+                let Some(i) = self.installed.get_mut(nh) else {
+                    continue;
+                };
+                match r {
+                    Ok(()) => {
+                        i.route = true;
+                        i.error = None;
+                    }
+                    Err(e) => {
+                        let msg = format!("table route: {e}");
+                        if i.error.as_deref() != Some(msg.as_str()) {
+                            warn!(router = %nh, error = %msg, "cannot install pinning table route");
+                        }
+                        i.error = Some(msg);
+                    }
+                }
+            }
+        }
+        let todo: Vec<(Nexthop, u32)> = self
+            .installed
+            .iter()
+            .filter(|(_, i)| i.route && !i.rule)
+            .map(|(nh, i)| (*nh, i.slot))
+            .collect();
+        if !todo.is_empty() {
+            let reqs = todo
+                .iter()
+                .map(|(nh, slot)| Request {
+                    msg: RouteNetlinkMessage::NewRule(build_rule(
+                        family_of(nh),
+                        base + slot,
+                        prio,
+                        self.space.mark(*slot),
+                        mask,
+                        proto,
+                    )),
+                    flags: NLM_F_CREATE | NLM_F_EXCL,
+                })
+                .collect();
+            let res = self.sock.batch(reqs).await?;
+            for ((nh, _), r) in todo.iter().zip(res) {
+                let Some(i) = self.installed.get_mut(nh) else {
+                    continue;
+                };
+                match r {
+                    Ok(()) => i.rule = true,
+                    Err(e) if e.errno == nix::libc::EEXIST => i.rule = true,
+                    Err(e) => {
+                        let msg = format!("rule: {e}");
+                        if i.error.as_deref() != Some(msg.as_str()) {
+                            warn!(router = %nh, error = %msg, "cannot add pinning rule");
+                        }
+                        i.error = Some(msg);
+                    }
+                }
+            }
+        }
+        if self.installed.values().any(|i| !i.route || !i.rule) {
+            self.schedule_retry();
+        }
+
+        // The nftables table, for the routers whose rule and table exist.
+        let active: Vec<(Nexthop, u32)> = self
+            .installed
+            .iter()
+            .filter(|(_, i)| i.route && i.rule)
+            .map(|(nh, i)| (*nh, i.slot))
+            .collect();
+        let script = ruleset(&self.cfg.nft_table, self.space, &active);
+        if self.nft_loaded.as_deref() != Some(script.as_str()) {
+            match self.nft_run(&script).await {
+                Ok(()) => {
+                    debug!(routers = active.len(), "pinning nftables table loaded");
+                    self.nft_loaded = Some(script);
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot load the pinning nftables table");
+                    self.schedule_retry();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Vec<PinnedRouter> {
+        self.installed
+            .iter()
+            .map(|(nh, i)| PinnedRouter {
+                nexthop: *nh,
+                slot: i.slot,
+                table: self.cfg.table_base + i.slot,
+                mark: self.space.mark(i.slot),
+                active: i.route && i.rule && self.nft_loaded.is_some(),
+                error: i.error.clone(),
+            })
+            .collect()
+    }
+
+    fn handle(
+        &mut self,
+        cmd: Cmd,
+        snaps: &mut Vec<oneshot::Sender<Vec<PinnedRouter>>>,
+    ) -> Option<oneshot::Sender<()>> {
+        match cmd {
+            Cmd::Set(prefix, nhs) => {
+                let v6 = matches!(prefix, IpNet::V6(_));
+                let mut nhs: Vec<Nexthop> =
+                    nhs.into_iter().filter(|n| n.addr.is_ipv6() == v6).collect();
+                nhs.sort();
+                nhs.dedup();
+                self.desired.insert(v6, nhs);
+                None
+            }
+            Cmd::Snapshot(tx) => {
+                snaps.push(tx);
+                None
+            }
+            Cmd::Shutdown(tx) => Some(tx),
+        }
+    }
+
+    async fn remove_all(&mut self) {
+        self.desired.clear();
+        self.apply().await;
+        if let Err(e) = self.nft_remove().await {
+            error!(error = %e, "cannot remove the pinning nftables table");
+        }
+        info!("connection pinning removed");
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut tick = tokio::time::interval_at(Instant::now() + RESYNC_PERIOD, RESYNC_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snaps = Vec::new();
+        loop {
+            let deadline = self.retry_at;
+            let mut shutdown = None;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    // Every handle dropped: leave pinning in place (like FibSync).
+                    None => return,
+                    Some(cmd) => {
+                        shutdown = self.handle(cmd, &mut snaps);
+                        while let Ok(cmd) = rx.try_recv() {
+                            shutdown = shutdown.or(self.handle(cmd, &mut snaps));
+                        }
+                    }
+                },
+                _ = async { match deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                } } => {
+                    self.retry_at = None;
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.cleanup(false).await {
+                        error!(error = %e, "pinning resync failed");
+                        self.schedule_retry();
+                    }
+                    // Reload the nft table too (someone may have flushed it).
+                    self.nft_loaded = None;
+                },
+            }
+            if let Some(tx) = shutdown {
+                self.remove_all().await;
+                let _ = tx.send(());
+                return;
+            }
+            self.apply().await;
+            if !snaps.is_empty() {
+                let snap = self.snapshot();
+                for tx in snaps.drain(..) {
+                    let _ = tx.send(snap.clone());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nh(s: &str) -> Nexthop {
+        Nexthop::new(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn mask_math() {
+        assert!(MarkSpace::new(0).is_none());
+        assert!(MarkSpace::new(0x0f0f).is_none());
+        let m = MarkSpace::new(0xff00).expect("mask");
+        assert_eq!(m.slots(), 255);
+        assert_eq!(m.mark(1), 0x100);
+        assert_eq!(m.mark(255), 0xff00);
+        assert_eq!(m.slot_of(0xdead_beef), 0xbe);
+        // Other users' bits survive, ours are replaced.
+        assert_eq!(m.set(0xdead_beef, 2), 0xdead_02ef);
+        assert_eq!(m.set(0x0001_0001, 3), 0x0001_0301);
+        let top = MarkSpace::new(0xf000_0000).expect("mask");
+        assert_eq!(top.slots(), 15);
+        assert_eq!(top.mark(15), 0xf000_0000);
+        assert_eq!(top.set(0x0fff_ffff, 1), 0x1fff_ffff);
+        assert!(MarkSpace::new(u32::MAX).is_some());
+    }
+
+    #[test]
+    fn slots_are_kept_and_returned() {
+        let mut s = Slots::new(MarkSpace::new(0xff00).expect("mask"));
+        let (a, b, c) = (nh("192.168.100.20"), nh("192.168.100.21"), nh("10.0.0.1"));
+        let sa = s.assign(&a).expect("slot");
+        let sb = s.assign(&b).expect("slot");
+        assert_ne!(sa, sb);
+        assert_eq!(s.assign(&a), Some(sa));
+        s.release(&a);
+        // A newcomer avoids A's remembered slot; A gets it back.
+        let sc = s.assign(&c).expect("slot");
+        assert_ne!(sc, sa);
+        assert_eq!(s.assign(&a), Some(sa));
+        // Deterministic for a fresh allocator.
+        let mut t = Slots::new(MarkSpace::new(0xff00).expect("mask"));
+        assert_eq!(t.assign(&b), Some(s.preferred(&b)));
+    }
+
+    #[test]
+    fn slots_run_out() {
+        let mut s = Slots::new(MarkSpace::new(0x3).expect("mask"));
+        let got: BTreeSet<u32> = (1..=3)
+            .map(|i| s.assign(&nh(&format!("10.0.0.{i}"))).expect("slot"))
+            .collect();
+        assert_eq!(got, BTreeSet::from([1, 2, 3]));
+        assert_eq!(s.assign(&nh("10.0.0.9")), None);
+    }
+
+    #[test]
+    fn ruleset_text() {
+        let m = MarkSpace::new(0xff00).expect("mask");
+        let r = ruleset(
+            "hagw_pin",
+            m,
+            &[(nh("192.168.100.20"), 1), (nh("2001:db8::1"), 2)],
+        );
+        assert!(r.starts_with("table inet hagw_pin {}\ndelete table inet hagw_pin\n"));
+        assert!(r.contains("ct mark set ct mark and 0xffff00ff or 0x00000100"));
+        assert!(r.contains("meta mark set meta mark and 0xffff00ff or 0x00000200"));
+        assert!(r.contains("rt ip nexthop vmap { 192.168.100.20 : jump pin_1 }"));
+        assert!(r.contains("rt ip6 nexthop vmap { 2001:db8::1 : jump pin_2 }"));
+        assert!(r.contains("ip daddr { 192.168.100.20 } return"));
+        assert!(r.contains(
+            "meta mark and 0x0000ff00 == 0 ct mark and 0x0000ff00 vmap { 0x00000100 : jump mark_1, 0x00000200 : jump mark_2 }"
+        ));
+        // No routers: empty base chains only.
+        let e = ruleset("hagw_pin", m, &[]);
+        assert!(!e.contains("vmap"));
+        assert!(e.contains("type route hook output"));
+    }
+}

@@ -1,0 +1,566 @@
+//! Connection pinning against the real kernel. The flow tests build the
+//! egress lab in namespaces (host, switch, two SNAT routers, "internet" with
+//! a server), keep the host's multipath default with FibSync and drive
+//! [`Pinning`] by hand, and count broken TCP flows when a router leaves and
+//! returns. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    future::Future,
+    io::{ErrorKind, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use hagw_kernel::{
+    pinning::{PinConfig, Pinning},
+    set_multipath_hash_policy, FibConfig, FibSync, Nexthop,
+};
+use hagw_testkit::{addr, bridge, require_root, veth, Netns};
+use ipnet::IpNet;
+
+const RA: &str = "192.168.100.20";
+const RB: &str = "192.168.100.21";
+const SNAT_A: &str = "198.51.100.1";
+const SNAT_B: &str = "198.51.100.5";
+const SERVER: &str = "203.0.113.1:8080";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn nh(s: &str) -> Nexthop {
+    Nexthop::new(ip(s))
+}
+
+/// Runs an async body on a thread inside `ns` with a two-worker runtime (the
+/// FibSync and Pinning tasks keep running while the body blocks).
+fn in_ns<R: Send, F, Fut>(ns: &Netns, f: F) -> R
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = R>,
+{
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f())
+    })
+}
+
+/// The egress lab: host 192.168.100.100 on a bridge with routers A (.20) and
+/// B (.21), each masquerading out of its uplink to "inet", which holds the
+/// server address.
+struct Lab {
+    host: Netns,
+    ra: Netns,
+    _rb: Netns,
+    _sw: Netns,
+    _inet: Netns,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        require_root();
+        let host = Netns::new("pinh");
+        let sw = Netns::new("pins");
+        let ra = Netns::new("pina");
+        let rb = Netns::new("pinb");
+        let inet = Netns::new("pini");
+        veth(&host, "eth0", &sw, "ph");
+        veth(&ra, "eth0", &sw, "pa");
+        veth(&rb, "eth0", &sw, "pb");
+        bridge(&sw, "br0", &["ph", "pa", "pb"]);
+        addr(&host, "eth0", "192.168.100.100/24");
+        addr(&ra, "eth0", &format!("{RA}/24"));
+        addr(&rb, "eth0", &format!("{RB}/24"));
+        for (r, up, uplink, peer) in [
+            (&ra, "ua", "198.51.100.1/30", "198.51.100.2"),
+            (&rb, "ub", "198.51.100.5/30", "198.51.100.6"),
+        ] {
+            veth(r, "up0", &inet, up);
+            addr(r, "up0", uplink);
+            let inet_cidr = format!("{peer}/30");
+            addr(&inet, up, &inet_cidr);
+            r.sh(&format!("ip route add default via {peer}"));
+            r.sysctl("net.ipv4.ip_forward", "1");
+            r.sh("nft -f - <<'EOF'\n\
+                  table ip hgtnat {\n\
+                    chain post {\n\
+                      type nat hook postrouting priority srcnat; policy accept;\n\
+                      oifname \"up0\" masquerade\n\
+                    }\n\
+                  }\n\
+                  EOF");
+        }
+        inet.sh("ip addr add 203.0.113.1/32 dev lo");
+        host.sh(&format!(
+            "ping -c1 -W2 {RA} >/dev/null && ping -c1 -W2 {RB} >/dev/null"
+        ));
+        Lab {
+            host,
+            ra,
+            _rb: rb,
+            _sw: sw,
+            _inet: inet,
+        }
+    }
+
+    /// Starts the server: every connection is told the source address the
+    /// server sees (which router's SNAT), then its lines are echoed.
+    fn serve(&self) {
+        let listener = self
+            ._inet
+            .run(|| TcpListener::bind(SERVER).expect("bind server"));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                std::thread::spawn(move || {
+                    let peer = s
+                        .peer_addr()
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_default();
+                    if s.write_all(format!("{peer}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 256];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    fn cut_a(&self) {
+        self.ra.sh("ip link set eth0 down");
+    }
+
+    fn heal_a(&self) {
+        self.ra.sh("ip link set eth0 up");
+        self.host
+            .wait_for("router A reachable", Duration::from_secs(10), |ns| {
+                ns.try_sh(&format!("ping -c1 -W1 {RA}")).is_ok()
+            });
+    }
+}
+
+struct Flow {
+    s: TcpStream,
+    /// The source address the server sees: which router carries it.
+    via: String,
+    alive: bool,
+}
+
+/// Opens `n` flows with a plain `connect()` (kernel-chosen source port).
+fn open_flows(n: usize) -> Vec<Flow> {
+    let server: SocketAddr = SERVER.parse().unwrap();
+    (0..n)
+        .map(|i| {
+            let s = TcpStream::connect_timeout(&server, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("flow {i}: connect: {e}"));
+            s.set_nodelay(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while b[0] != b'\n' {
+                (&s).read_exact(&mut b)
+                    .unwrap_or_else(|e| panic!("flow {i}: greeting: {e}"));
+                line.push(b[0]);
+            }
+            let via = String::from_utf8_lossy(&line).trim().to_string();
+            Flow {
+                s,
+                via,
+                alive: true,
+            }
+        })
+        .collect()
+}
+
+/// One round: every live flow sends a line; those without their echo
+/// within a second (or with a socket error) are broken. Returns the broken
+/// ones of this round by router (SNAT address).
+fn check(flows: &mut [Flow]) -> Vec<(String, usize)> {
+    for f in flows.iter_mut().filter(|f| f.alive) {
+        if f.s.write_all(b"ping\n").is_err() {
+            f.alive = false;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut broken: Vec<(String, usize)> = Vec::new();
+    for f in flows.iter_mut() {
+        if !f.alive {
+            continue;
+        }
+        f.s.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let ok = loop {
+            match f.s.read(&mut buf) {
+                Ok(0) => break false,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.ends_with(b"ping\n") {
+                        break true;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(_) => break false,
+            }
+        };
+        f.s.set_nonblocking(false).unwrap();
+        if !ok {
+            f.alive = false;
+            match broken.iter_mut().find(|(v, _)| *v == f.via) {
+                Some((_, n)) => *n += 1,
+                None => broken.push((f.via.clone(), 1)),
+            }
+        }
+    }
+    broken
+}
+
+fn count(flows: &[Flow], via: &str) -> usize {
+    flows.iter().filter(|f| f.via == via && f.alive).count()
+}
+
+fn broken_via(b: &[(String, usize)], via: &str) -> usize {
+    b.iter().find(|(v, _)| v == via).map_or(0, |(_, n)| *n)
+}
+
+async fn wait_active(pin: &Pinning, routers: &[&str]) {
+    let t0 = Instant::now();
+    loop {
+        let snap = pin.snapshot().await;
+        let active: Vec<IpAddr> = snap
+            .iter()
+            .filter(|r| r.active)
+            .map(|r| r.nexthop.addr)
+            .collect();
+        if snap.len() == routers.len() && routers.iter().all(|r| active.contains(&ip(r))) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "pinning not active for {routers:?}: {snap:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What happened to the flows: (A's flows, B's flows, broken on cut by
+/// router, broken on heal by router).
+struct Outcome {
+    on_a: usize,
+    on_b: usize,
+    cut: Vec<(String, usize)>,
+    heal: Vec<(String, usize)>,
+}
+
+/// The scenario: 200 flows over A and B; A leaves the set and is cut; A is
+/// healed and returns. With `pin`, Pinning follows the next-hop set.
+fn scenario(pin: bool) -> Outcome {
+    let lab = Lab::new();
+    lab.serve();
+    let default = net("0.0.0.0/0");
+    let lab = &lab;
+    in_ns(&lab.host, || async move {
+        set_multipath_hash_policy(true).unwrap();
+        let fib = FibSync::start(FibConfig::default()).await.unwrap();
+        let pinning = if pin {
+            Some(Pinning::start(PinConfig::default()).await.unwrap())
+        } else {
+            None
+        };
+        let set = |nhs: Vec<Nexthop>| {
+            // FIB first, then pinning, as the daemon does.
+            fib.set_route(default, nhs.clone());
+            if let Some(p) = &pinning {
+                p.set_default(default, nhs);
+            }
+        };
+        set(vec![nh(RA), nh(RB)]);
+        assert_eq!(fib.snapshot().await.len(), 1);
+        if let Some(p) = &pinning {
+            wait_active(p, &[RA, RB]).await;
+        }
+
+        let mut flows = open_flows(200);
+        let (on_a, on_b) = (count(&flows, SNAT_A), count(&flows, SNAT_B));
+        eprintln!("200 flows: {on_a} via A, {on_b} via B");
+        assert_eq!(on_a + on_b, 200, "every flow goes through A or B");
+        assert!(on_a > 20 && on_b > 20, "ECMP spreads flows: {on_a}/{on_b}");
+        let pre = check(&mut flows);
+        assert!(pre.is_empty(), "flows broken before any change: {pre:?}");
+
+        // A leaves: withdrawn from the set, and cut.
+        set(vec![nh(RB)]);
+        lab.cut_a();
+        fib.snapshot().await;
+        if let Some(p) = &pinning {
+            wait_active(p, &[RB]).await;
+        }
+        let mut cut = check(&mut flows);
+        for _ in 0..2 {
+            for (v, n) in check(&mut flows) {
+                cut.push((v, n));
+            }
+        }
+        eprintln!("cut A: broken {cut:?}");
+
+        // A returns.
+        lab.heal_a();
+        set(vec![nh(RA), nh(RB)]);
+        fib.snapshot().await;
+        if let Some(p) = &pinning {
+            wait_active(p, &[RA, RB]).await;
+        }
+        let mut heal = Vec::new();
+        for _ in 0..3 {
+            heal.extend(check(&mut flows));
+        }
+        eprintln!("heal A: broken {heal:?}");
+
+        if let Some(p) = &pinning {
+            // New flows use both routers again, and work.
+            let mut fresh = open_flows(40);
+            let (fa, fb) = (count(&fresh, SNAT_A), count(&fresh, SNAT_B));
+            assert!(
+                fa > 0 && fb > 0,
+                "new flows after heal: {fa} via A, {fb} via B"
+            );
+            let b = check(&mut fresh);
+            assert!(b.is_empty(), "new flows broken after heal: {b:?}");
+            p.shutdown().await;
+        }
+        fib.shutdown(true).await;
+        Outcome {
+            on_a,
+            on_b,
+            cut,
+            heal,
+        }
+    })
+}
+
+fn sum(b: &[(String, usize)], via: &str) -> usize {
+    b.iter().filter(|(v, _)| v == via).map(|(_, n)| n).sum()
+}
+
+#[test]
+fn pinned_flows_survive_a_router_return() {
+    let o = scenario(true);
+    // The cut breaks exactly A's flows ...
+    assert_eq!(sum(&o.cut, SNAT_A), o.on_a, "cut: {:?}", o.cut);
+    assert_eq!(sum(&o.cut, SNAT_B), 0, "cut broke B's flows: {:?}", o.cut);
+    // ... and the return breaks none.
+    assert!(o.heal.is_empty(), "heal broke flows: {:?}", o.heal);
+    let _ = (o.on_b, broken_via(&o.heal, SNAT_B));
+}
+
+/// The problem pinning solves, measured the same way: without it, A's
+/// return rehashes a share of B's surviving flows onto A, whose SNAT does
+/// not know them.
+#[test]
+fn without_pinning_a_router_return_breaks_flows() {
+    let o = scenario(false);
+    assert_eq!(sum(&o.cut, SNAT_B), 0, "cut broke B's flows: {:?}", o.cut);
+    let broken = sum(&o.heal, SNAT_B);
+    eprintln!(
+        "without pinning: heal broke {broken} of {} flows via B",
+        o.on_b
+    );
+    assert!(
+        broken > 0,
+        "expected ECMP rehash to break flows: {:?}",
+        o.heal
+    );
+}
+
+/// Command output, with iproute2's name for protocol 199 (when
+/// rt_protos.d names it) turned back into the number.
+fn sh_lines(ns: &Netns, cmd: &str) -> String {
+    ns.sh(cmd).replace("proto hagw", "proto 199")
+}
+
+/// Leftovers of a previous run are removed at start (and their slots
+/// reused), foreign rules, routes and tables are left alone, IPv6 works,
+/// shutdown removes everything of ours.
+#[test]
+fn leftovers_foreign_state_and_ipv6() {
+    require_root();
+    let ns = Netns::new("pinl");
+    ns.sh("ip link add eth0 type veth peer name peer0 && \
+           ip link set eth0 up && ip link set peer0 up && \
+           ip addr add 10.1.0.1/24 dev eth0 && \
+           ip -6 addr add 2001:db8:1::1/64 dev eth0 nodad");
+    // Leftovers of hagw's pinning.
+    ns.sh(
+        "ip rule add priority 32700 fwmark 0x500/0xff00 lookup 9005 proto 199 && \
+           ip route add default via 10.1.0.2 table 9005 proto 199 && \
+           ip rule add priority 32700 fwmark 0x700/0xff00 lookup 9007 proto 199 && \
+           ip route add default via 10.1.0.7 table 9007 proto 199 && \
+           nft add table inet hagw_pin && \
+           nft add chain inet hagw_pin stale",
+    );
+    // Foreign state.
+    ns.sh(
+        "ip rule add priority 32700 fwmark 0x600/0xff00 lookup 9006 proto static && \
+           ip route add default via 10.1.0.3 table 9006 proto static && \
+           ip rule add priority 1000 lookup 9008 proto 199 && \
+           ip route add 10.9.0.0/16 via 10.1.0.3 proto 199 && \
+           nft add table inet foreign && nft add chain inet foreign c",
+    );
+    let foreign = |ns: &Netns| {
+        let rules = sh_lines(ns, "ip rule show");
+        assert!(
+            rules.contains("fwmark 0x600/0xff00 lookup 9006 proto static"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("1000:\tfrom all lookup 9008 proto 199"),
+            "{rules}"
+        );
+        let r = sh_lines(ns, "ip route show table 9006");
+        assert!(r.contains("default via 10.1.0.3"), "{r}");
+        let r = sh_lines(ns, "ip route show");
+        assert!(r.contains("10.9.0.0/16 via 10.1.0.3"), "{r}");
+        let t = sh_lines(ns, "nft list tables");
+        assert!(t.contains("table inet foreign"), "{t}");
+    };
+    in_ns(&ns, || async {
+        let pin = Pinning::start(PinConfig::default()).await.unwrap();
+        let rules = sh_lines(&ns, "ip rule show");
+        assert!(
+            !rules.contains("lookup 9005") && !rules.contains("lookup 9007"),
+            "{rules}"
+        );
+        assert!(sh_lines(&ns, "ip route show table 9005").is_empty());
+        assert!(sh_lines(&ns, "ip route show table 9007").is_empty());
+        // The table exists (empty chains) while pinning runs; the stale one is gone.
+        assert!(!sh_lines(&ns, "nft list table inet hagw_pin").contains("stale"));
+        foreign(&ns);
+
+        pin.set_default(net("0.0.0.0/0"), vec![nh("10.1.0.2")]);
+        pin.set_default(net("::/0"), vec![nh("2001:db8:1::2")]);
+        let snap = pin.snapshot().await;
+        assert_eq!(snap.len(), 2, "{snap:?}");
+        assert!(snap.iter().all(|r| r.active), "{snap:?}");
+        // The router of the leftover table 9005 gets its slot back.
+        let a = snap
+            .iter()
+            .find(|r| r.nexthop.addr == ip("10.1.0.2"))
+            .unwrap();
+        assert_eq!((a.slot, a.table, a.mark), (5, 9005, 0x500));
+        let v6 = snap.iter().find(|r| r.nexthop.addr.is_ipv6()).unwrap();
+        assert_ne!(v6.slot, 5);
+        assert_ne!(v6.slot, 7, "a slot left by another router is avoided");
+
+        let rules = sh_lines(&ns, "ip rule show");
+        assert!(
+            rules.contains("32700:\tfrom all fwmark 0x500/0xff00 lookup 9005 proto 199"),
+            "{rules}"
+        );
+        let rules6 = sh_lines(&ns, "ip -6 rule show");
+        let want6 = format!("fwmark {:#x}/0xff00 lookup {} proto 199", v6.mark, v6.table);
+        assert!(rules6.contains(&want6), "{rules6}");
+        let r = sh_lines(&ns, "ip route show table 9005");
+        assert!(r.contains("default via 10.1.0.2 dev eth0 proto 199"), "{r}");
+        let r = sh_lines(&ns, &format!("ip -6 route show table {}", v6.table));
+        assert!(
+            r.contains("default via 2001:db8:1::2 dev eth0 proto 199"),
+            "{r}"
+        );
+        let t = sh_lines(&ns, "nft list table inet hagw_pin");
+        assert!(
+            t.contains("rt ip nexthop vmap { 10.1.0.2 : jump pin_5 }"),
+            "{t}"
+        );
+        assert!(
+            t.contains("rt ip6 nexthop vmap { 2001:db8:1::2 : jump pin_"),
+            "{t}"
+        );
+
+        // A router leaving loses its rule and table at once.
+        pin.set_default(net("0.0.0.0/0"), vec![]);
+        let snap = pin.snapshot().await;
+        assert_eq!(snap.len(), 1);
+        assert!(!sh_lines(&ns, "ip rule show").contains("lookup 9005"));
+        assert!(sh_lines(&ns, "ip route show table 9005").is_empty());
+        assert!(!sh_lines(&ns, "nft list table inet hagw_pin").contains("10.1.0.2"));
+
+        pin.shutdown().await;
+        foreign(&ns);
+        let rules6 = sh_lines(&ns, "ip -6 rule show");
+        assert!(!rules6.contains("proto 199"), "{rules6}");
+        assert!(!sh_lines(&ns, "nft list tables").contains("hagw_pin"));
+    });
+}
+
+/// Mark bits outside the mask (packet mark and conntrack mark) set by
+/// someone else survive pinning, and the pinned slot is set next to them.
+#[test]
+fn foreign_mark_bits_are_preserved() {
+    let lab = Lab::new();
+    lab.serve();
+    // Another user's marks: packet bit 0x1 (before hagw's output chain) and
+    // conntrack bit 0x10000 (once conntrack has the connection, before hagw's
+    // postrouting chain); counters after hagw's chains see both.
+    lab.host.sh("nft -f - <<'EOF'\n\
+        table inet other {\n\
+          chain out {\n\
+            type route hook output priority -300; policy accept;\n\
+            ip daddr 203.0.113.1 meta mark set meta mark or 0x1\n\
+          }\n\
+          chain outct {\n\
+            type filter hook output priority 0; policy accept;\n\
+            ip daddr 203.0.113.1 ct mark set ct mark or 0x10000\n\
+          }\n\
+          chain post {\n\
+            type filter hook postrouting priority 300; policy accept;\n\
+            ip daddr 203.0.113.1 meta mark and 0x1 == 0x1 meta mark and 0xff00 != 0 counter\n\
+            ip daddr 203.0.113.1 ct mark and 0x10000 == 0x10000 ct mark and 0xff00 != 0 counter\n\
+            ip daddr 203.0.113.1 meta mark and 0x1 == 0 counter\n\
+          }\n\
+        }\n\
+        EOF");
+    let default = net("0.0.0.0/0");
+    in_ns(&lab.host, || async {
+        set_multipath_hash_policy(true).unwrap();
+        let fib = FibSync::start(FibConfig::default()).await.unwrap();
+        let pin = Pinning::start(PinConfig::default()).await.unwrap();
+        fib.set_route(default, vec![nh(RA), nh(RB)]);
+        pin.set_default(default, vec![nh(RA), nh(RB)]);
+        fib.snapshot().await;
+        wait_active(&pin, &[RA, RB]).await;
+        let mut flows = open_flows(20);
+        assert!(check(&mut flows).is_empty());
+        let out = lab.host.sh("nft list chain inet other post");
+        let counts: Vec<u64> = out
+            .lines()
+            .filter_map(|l| l.split("packets ").nth(1))
+            .map(|s| s.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(counts.len(), 3, "{out}");
+        // Packets after the first of each flow carry both bits in both marks.
+        assert!(counts[0] >= 40, "packet mark lost a bit: {out}");
+        assert!(counts[1] >= 40, "conntrack mark lost a bit: {out}");
+        assert_eq!(counts[2], 0, "foreign packet bit cleared: {out}");
+        pin.shutdown().await;
+        fib.shutdown(true).await;
+    });
+}

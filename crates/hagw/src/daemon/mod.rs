@@ -2,6 +2,7 @@
 //! southbound and the control socket, then waits for a signal.
 
 pub mod advert;
+pub mod bfd;
 pub mod health;
 pub mod listener;
 pub mod peer;

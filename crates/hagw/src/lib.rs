@@ -30,6 +30,27 @@ pub fn status_text(st: &control::Status) -> String {
             p.last_error.as_deref().unwrap_or(""),
         );
     }
+    if !st.health.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nuplink probes (routes are announced only while all are up)"
+        );
+        for h in &st.health {
+            let _ = writeln!(
+                s,
+                "  {} {} {}  ok {} / failed {}{}",
+                h.probe,
+                h.target,
+                h.state,
+                h.successes,
+                h.failures,
+                h.last_error
+                    .as_deref()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if !st.routes.is_empty() {
         let _ = writeln!(s, "\nroutes");
         for r in &st.routes {

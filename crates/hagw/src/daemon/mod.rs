@@ -2,7 +2,6 @@
 //! southbound and the control socket, then waits for a signal.
 
 pub mod advert;
-pub mod bfd;
 pub mod health;
 pub mod listener;
 pub mod peer;
@@ -284,7 +283,6 @@ async fn start_kernel(k: &config::Kernel, keep_stale: bool) -> anyhow::Result<Fi
             .collect(),
         max_paths: k.maximum_paths,
         keep_stale,
-        ..FibConfig::default()
     };
     FibSync::start(cfg)
         .await

@@ -87,12 +87,17 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         }),
         _ => None,
     };
+    let pinning = match &kernel {
+        Some(k) if k.install && k.pin_connections => start_pinning().await,
+        _ => None,
+    };
     tokio::spawn(routing::run(
         rib_rx,
         rib_tx.clone(),
         max_paths,
         fib.clone(),
         deferral,
+        pinning.clone(),
     ));
     let (gate, health_status) = if cfg.health.is_empty() {
         (None, Arc::default())
@@ -233,11 +238,27 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     }
     // Give peers a moment to send their Cease or close.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    if let Some(p) = pinning {
+        p.shutdown().await;
+    }
     if let Some(fib) = fib {
         fib.shutdown(!graceful).await;
     }
     control.remove();
     Ok(())
+}
+
+/// Connection pinning (`[kernel] pin_connections`). It needs `nft`; if it
+/// cannot start, the daemon runs without it (plain ECMP).
+async fn start_pinning() -> Option<hagw_kernel::pinning::Pinning> {
+    use hagw_kernel::pinning::{PinConfig, Pinning};
+    match Pinning::start(PinConfig::default()).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!("connection pinning disabled: {e}");
+            None
+        }
+    }
 }
 
 /// SIGHUP: a config that does not check is reported and the running one kept.

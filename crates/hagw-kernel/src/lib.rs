@@ -19,6 +19,7 @@ pub mod fib;
 pub mod monitor;
 pub mod netlink;
 pub mod pinning;
+pub mod policy;
 pub mod sysctl;
 
 pub use fib::{DhcpDefault, FibConfig, FibSync, Nexthop, StaticRoute};

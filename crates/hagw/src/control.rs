@@ -18,6 +18,9 @@ pub struct Status {
     /// Uplink probes (router role): while one is down, routes are withdrawn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<crate::daemon::health::ProbeStatus>,
+    /// Multi-NIC source policy routing (`[policy_routing]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_routing: Option<crate::policy::PolicyStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod lab;
+pub mod policy;
 
 use std::fmt::Write;
 
@@ -66,6 +67,9 @@ pub fn status_text(st: &control::Status) -> String {
                     .unwrap_or_default()
             );
         }
+    }
+    if let Some(p) = &st.policy_routing {
+        s.push_str(&policy::status_text(p));
     }
     s
 }

@@ -58,19 +58,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Check { config } => match config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+        Cmd::Check { config } => {
+            match config::load(&config).and_then(|c| hagw::policy::check_live(&config, c)) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Cmd::Run { config, log } => {
             init_tracing(&log);
-            let cfg = match config::load(&config) {
+            let cfg = match config::load(&config).and_then(|c| hagw::policy::check_live(&config, c))
+            {
                 Ok(c) => c,
                 Err(e) => {
                     // The same words as `hagw check`: nothing starts half-configured.

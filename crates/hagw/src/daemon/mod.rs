@@ -61,6 +61,7 @@ pub struct Daemon {
     rib: mpsc::UnboundedSender<RibEvent>,
     fib: Option<FibSync>,
     ranges: Vec<String>,
+    policy: Option<hagw_kernel::policy::PolicySync>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -200,12 +201,17 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         }
     }
 
+    let policy = match &cfg.policy_routing {
+        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
+        _ => None,
+    };
     let daemon = Arc::new(Daemon {
         registry: registry.clone(),
         health: health_status,
         rib: rib_tx,
         fib: fib.clone(),
         ranges: ranges_desc,
+        policy: policy.clone(),
     });
     let control = control::serve(&cfg.control.socket, daemon.clone())
         .await
@@ -243,6 +249,9 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     }
     if let Some(fib) = fib {
         fib.shutdown(!graceful).await;
+    }
+    if let Some(policy) = policy {
+        policy.shutdown().await;
     }
     control.remove();
     Ok(())
@@ -378,10 +387,15 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let policy_routing = match &self.policy {
+            Some(p) => Some(crate::policy::status(p).await),
+            None => None,
+        };
         Status {
             peers,
             routes,
             health,
+            policy_routing,
         }
     }
 }

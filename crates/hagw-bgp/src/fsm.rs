@@ -38,6 +38,8 @@ mod err {
     pub const CEASE: u8 = 6;
     pub const CEASE_ADMIN_SHUTDOWN: u8 = 2;
     pub const CEASE_COLLISION: u8 = 7;
+    /// RFC 9384.
+    pub const CEASE_BFD_DOWN: u8 = 10;
 }
 
 /// Which remote AS a peer may have.
@@ -193,6 +195,8 @@ pub enum Event {
     TcpConnectionFails,
     /// Event 23: the collision rule (§6.8) says this connection loses.
     OpenCollisionDump,
+    /// RFC 5882 §4.3.1: BFD says the path to the peer is gone.
+    BfdDown,
 }
 
 /// What the session learned from the peer's OPEN.
@@ -411,6 +415,17 @@ impl Session {
                     out,
                 );
             }
+            (OpenSent | OpenConfirm | Established, Event::BfdDown) => {
+                self.notify_and_close(
+                    Notification {
+                        code: err::CEASE,
+                        subcode: err::CEASE_BFD_DOWN,
+                        data: Vec::new(),
+                    },
+                    now,
+                    out,
+                );
+            }
             (Established, Event::OpenCollisionDump) => {
                 // RFC 4724 §4.2: a restarting peer's new connection replaces the old
                 // one; the old one is closed without a NOTIFICATION.
@@ -422,7 +437,7 @@ impl Session {
                 OpenSent | OpenConfirm | Established,
                 Event::TcpCrAcked | Event::TcpConnectionConfirmed,
             ) => {}
-            (Idle, _) | (Connect | Active, Event::OpenCollisionDump) => {}
+            (Idle, _) | (Connect | Active, Event::OpenCollisionDump | Event::BfdDown) => {}
         }
     }
 

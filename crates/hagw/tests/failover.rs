@@ -285,3 +285,31 @@ fn without_graceful_restart_a_stopped_router_is_withdrawn_at_once() {
     // r1 sent a Cease: its next hop goes at once, the default never disappears.
     wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(2));
 }
+
+#[test]
+fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
+    let lab = lab();
+    let bfd = "[bfd]\ninterval_ms = 10\nmultiplier = 3\n";
+    let range_bfd = |id: &str| format!("{}bfd = true\n{bfd}", router_config(id, ""));
+    let _r1 = Hagw::start(&lab.r1, &range_bfd("192.168.100.20"));
+    let _r2 = Hagw::start(&lab.r2, &range_bfd("192.168.100.21"));
+    let host_cfg = HOST_CONFIG.replace("hold_time = 3\n", "hold_time = 30\nbfd = true\n") + bfd;
+    let host = Hagw::start(&lab.host, &host_cfg);
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(20),
+    );
+    // Let BFD come up (slow start at 1 s, then a Poll to 10 ms).
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    lab.r1.sh("nft add table inet cut && nft add chain inet cut i '{ type filter hook input priority -300; }' && nft add chain inet cut o '{ type filter hook output priority -300; }' && nft add rule inet cut i iifname eth1 drop && nft add rule inet cut o oifname eth1 drop");
+    wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(5));
+    let ms = t.elapsed().as_millis();
+    eprintln!("BFD 10 ms x 3: r1 left the default after {ms} ms");
+    assert!(
+        ms < 1000,
+        "BFD, not the 30 s hold timer, took r1 out: {ms} ms"
+    );
+    assert!(host.proc.log().contains("BFD Down"), "{}", host.proc.log());
+}

@@ -471,3 +471,19 @@ fn graceful_restart_capability_is_announced_when_configured() {
     assert_eq!(gr.restart_time, 120);
     assert!(gr.families.iter().all(|f| f.forwarding_preserved));
 }
+
+#[test]
+fn bfd_down_closes_the_session_with_cease_bfd_down() {
+    let t = Instant::now();
+    let mut s = established(90, t);
+    let mut out = Vec::new();
+    s.handle(Event::BfdDown, t, &mut out);
+    assert_eq!(sent_notification(&out), Some((6, 10)));
+    assert!(matches!(
+        out.last(),
+        Some(Action::Disconnect {
+            was_established: true,
+            ..
+        })
+    ));
+}

@@ -25,6 +25,7 @@ pub struct Range {
     pub cfg: Arc<SessionConfig>,
     pub advert: Arc<Advert>,
     pub count: AtomicUsize,
+    pub bfd: Option<super::bfd::Bfd>,
 }
 
 pub struct Accept {
@@ -122,6 +123,7 @@ impl Accept {
             advert: range.advert.clone(),
             rib: self.rib.clone(),
             incoming: None,
+            bfd: range.bfd.clone(),
         };
         let me = self.clone();
         tokio::spawn(async move {

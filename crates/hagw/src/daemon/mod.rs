@@ -2,6 +2,7 @@
 //! southbound and the control socket, then waits for a signal.
 
 pub mod advert;
+pub mod bfd;
 pub mod health;
 pub mod listener;
 pub mod peer;
@@ -61,7 +62,6 @@ pub struct Daemon {
     rib: mpsc::UnboundedSender<RibEvent>,
     fib: Option<FibSync>,
     ranges: Vec<String>,
-    policy: Option<hagw_kernel::policy::PolicySync>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -113,6 +113,22 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     });
 
     let registry = Arc::new(Registry::default());
+    // One BFD task for every peer with `bfd = true` (RFC 5882: BGP is its client).
+    let wants_bfd = cfg
+        .bgp
+        .as_ref()
+        .is_some_and(|b| b.neighbors.iter().any(|n| n.bfd) || b.dynamic.iter().any(|d| d.bfd));
+    let bfd = if wants_bfd {
+        Some(
+            bfd::Bfd::start(
+                std::time::Duration::from_millis(u64::from(cfg.bfd.interval_ms)),
+                cfg.bfd.multiplier,
+            )
+            .context("cannot start BFD (UDP 3784)")?,
+        )
+    } else {
+        None
+    };
     let mut listeners = Vec::new();
     let mut ranges_desc = Vec::new();
     if let Some(bgp) = &cfg.bgp {
@@ -143,6 +159,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
                 advert: Arc::new(Advert::new(bgp.asn, &n.announce, gate.clone())),
                 rib: rib_tx.clone(),
                 incoming: Some(rx),
+                bfd: bfd.clone().filter(|_| n.bfd),
             };
             tokio::spawn(task.run_neighbor());
         }
@@ -164,6 +181,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
                     )),
                     advert: Arc::new(Advert::new(bgp.asn, &d.announce, gate.clone())),
                     count: Default::default(),
+                    bfd: bfd.clone().filter(|_| d.bfd),
                 })
             })
             .collect();
@@ -201,17 +219,12 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         }
     }
 
-    let policy = match &cfg.policy_routing {
-        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
-        _ => None,
-    };
     let daemon = Arc::new(Daemon {
         registry: registry.clone(),
         health: health_status,
         rib: rib_tx,
         fib: fib.clone(),
         ranges: ranges_desc,
-        policy: policy.clone(),
     });
     let control = control::serve(&cfg.control.socket, daemon.clone())
         .await
@@ -249,9 +262,6 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     }
     if let Some(fib) = fib {
         fib.shutdown(!graceful).await;
-    }
-    if let Some(policy) = policy {
-        policy.shutdown().await;
     }
     control.remove();
     Ok(())
@@ -387,15 +397,10 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let policy_routing = match &self.policy {
-            Some(p) => Some(crate::policy::status(p).await),
-            None => None,
-        };
         Status {
             peers,
             routes,
             health,
-            policy_routing,
         }
     }
 }

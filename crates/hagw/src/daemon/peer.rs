@@ -22,6 +22,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::advert::{Advert, Shape};
+use super::bfd::{Bfd, BfdState};
 use super::routing::RibEvent;
 
 /// How a peer came to be.
@@ -157,6 +158,8 @@ pub struct PeerTask {
     pub rib: mpsc::UnboundedSender<RibEvent>,
     /// Connections to this neighbor accepted by the listener.
     pub incoming: Option<mpsc::Receiver<TcpStream>>,
+    /// Set when this peer has `bfd = true`.
+    pub bfd: Option<Bfd>,
 }
 
 thread_local! {
@@ -212,6 +215,10 @@ struct Driver {
     /// The uplink gate of our announcement, and whether the peer has our routes.
     gate: Option<watch::Receiver<bool>>,
     advertised: bool,
+    /// BFD for the Established session (RFC 5882), and whether it reached Up:
+    /// only an Up -> Down transition takes the session down.
+    bfd: Option<watch::Receiver<BfdState>>,
+    bfd_was_up: bool,
 }
 
 impl Driver {
@@ -226,6 +233,8 @@ impl Driver {
             collision_loser: None,
             gate: task.advert.gate(),
             advertised: false,
+            bfd: None,
+            bfd_was_up: false,
             task,
         }
     }
@@ -295,7 +304,9 @@ impl Driver {
             let connecting = self.connecting.as_mut();
             let incoming = self.task.incoming.as_mut();
             let gate = self.gate.as_mut();
+            let bfd = self.bfd.as_mut();
             tokio::select! {
+                r = bfd_changed(bfd) => self.on_bfd(r).await,
                 r = gate_changed(gate) => self.on_gate(r).await,
                 r = readable(c0) => self.on_readable(0, r).await,
                 r = readable(c1) => self.on_readable(1, r).await,
@@ -669,10 +680,48 @@ impl Driver {
         self.flush(i).await;
     }
 
+    /// RFC 5882 §4.3.1: BFD Down brings the BGP session down at once — unless
+    /// the peer said AdminDown (RFC 5882 §3.2: it is restarting its control
+    /// plane or was disabled by hand, and the forwarding path may be fine).
+    async fn on_bfd(&mut self, changed: Result<(), watch::error::RecvError>) {
+        let Some(rx) = self.bfd.as_mut() else { return };
+        if changed.is_err() {
+            self.bfd = None;
+            return;
+        }
+        let state = *rx.borrow_and_update();
+        match state {
+            BfdState::Up => self.bfd_was_up = true,
+            BfdState::Down | BfdState::AdminDown if self.bfd_was_up => {
+                self.bfd_was_up = false;
+                let peer = self.task.shared.address;
+                if let Some(b) = &self.task.bfd {
+                    let st = b.status().await;
+                    if st
+                        .iter()
+                        .any(|s| s.peer == peer && s.remote_state == BfdState::AdminDown)
+                    {
+                        tracing::info!(peer = %peer, "BFD: peer signalled AdminDown; keeping the BGP session");
+                        return;
+                    }
+                }
+                tracing::warn!(peer = %peer, "BFD Down: taking the BGP session down");
+                if let Some(i) = self.established {
+                    self.event(i, Event::BfdDown).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn on_established(&mut self, i: usize, n: Box<Negotiated>) {
         let Some(c) = self.conns[i].as_ref() else {
             return;
         };
+        if let Some(b) = &self.task.bfd {
+            self.bfd = Some(b.watch(self.task.shared.address, c.local.ip()));
+            self.bfd_was_up = false;
+        }
         let shared = &self.task.shared;
         shared.remote_asn.store(n.remote_asn, Ordering::Relaxed);
         shared
@@ -722,6 +771,10 @@ impl Driver {
         shared.since.store(0, Ordering::Relaxed);
         shared.sent.store(0, Ordering::Relaxed);
         self.advertised = false;
+        if let (Some(b), Some(_)) = (&self.task.bfd, self.bfd.take()) {
+            // Sends AdminDown and ends the BFD session; the next session starts anew.
+            b.unwatch(shared.address);
+        }
         let _ = self.task.rib.send(RibEvent::Down {
             peer: shared.clone(),
             stale_for: stale_for.map(|s| Duration::from_secs(u64::from(s))),
@@ -730,6 +783,11 @@ impl Driver {
 
     async fn shutdown(&mut self) {
         let cease = self.task.shared.stop_cease.load(Ordering::Relaxed);
+        if let (Some(b), Some(_)) = (&self.task.bfd, self.bfd.take()) {
+            // AdminDown first, so the peer's BFD does not take its BGP down
+            // while we restart (RFC 5882 §3.2).
+            b.unwatch(self.task.shared.address);
+        }
         for i in 0..2 {
             if cease {
                 let now = Instant::now();
@@ -762,6 +820,15 @@ async fn write(stream: &mut TcpStream, buf: Bytes) -> io::Result<()> {
         Ok(n) => stream.write_all(&buf[n..]).await,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.write_all(&buf).await,
         Err(e) => Err(e),
+    }
+}
+
+async fn bfd_changed(
+    b: Option<&mut watch::Receiver<BfdState>>,
+) -> Result<(), watch::error::RecvError> {
+    match b {
+        Some(b) => b.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -146,6 +146,13 @@ fn lab_up_fail_heal_down() {
     let heal = lab(&["heal", "r1"]);
     assert!(heal.status.success(), "hagw lab heal r1 failed");
     assert!(result_field(&stdout(&heal), "heal_ms").is_some());
+    // Connection pinning (on by default): r1's return moves no surviving flow.
+    assert_eq!(
+        result_field(&stdout(&heal), "flows_broken"),
+        Some(0),
+        "heal broke flows:\n{}",
+        stdout(&heal)
+    );
 
     let down = lab(&["down"]);
     assert!(down.status.success());

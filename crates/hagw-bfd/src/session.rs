@@ -254,10 +254,8 @@ impl Session {
             return Err(SessionError::AdminDown);
         }
         match (self.state, pkt.state) {
-            (State::Down | State::Init | State::Up, State::AdminDown) => {
-                if self.state != State::Down {
-                    self.set_state(State::Down, Diag::NEIGHBOR_SIGNALED_DOWN, now, out);
-                }
+            (State::Init | State::Up, State::AdminDown) => {
+                self.set_state(State::Down, Diag::NEIGHBOR_SIGNALED_DOWN, now, out)
             }
             (State::Down, State::Down) => self.set_state(State::Init, Diag::NONE, now, out),
             (State::Down, State::Init) => self.set_state(State::Up, Diag::NONE, now, out),

@@ -111,6 +111,8 @@ pub struct BfdSessionStatus {
     /// Time since the last state change.
     pub since_change: Duration,
     pub counters: BfdCounters,
+    /// Why the last failed send failed.
+    pub last_tx_error: Option<String>,
 }
 
 /// Handle on the BFD task; clones share it. The task ends (after sending
@@ -294,7 +296,9 @@ fn bind_rx(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// A send socket on `local`, bound to a random port in 49152-65535.
-fn bind_tx(local: IpAddr, rng: &mut u64) -> io::Result<UdpSocket> {
+/// Non-blocking and not registered with tokio: we never wait to send (a
+/// full buffer drops the packet, counted), so no readiness is needed.
+fn bind_tx(local: IpAddr, rng: &mut u64) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(
         Domain::for_address(SocketAddr::new(local, 0)),
         Type::DGRAM,
@@ -317,7 +321,7 @@ fn bind_tx(local: IpAddr, rng: &mut u64) -> io::Result<UdpSocket> {
     for i in 0..span {
         let port = lo + ((u64::from(start - lo) + i) % span) as u16;
         match s.bind(&SocketAddr::new(local, port).into()) {
-            Ok(()) => return UdpSocket::from_std(s.into()),
+            Ok(()) => return Ok(s.into()),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
             Err(e) => return Err(e),
         }
@@ -381,7 +385,7 @@ async fn readable(s: &Option<UdpSocket>) {
 }
 
 struct SendSock {
-    sock: Option<UdpSocket>,
+    sock: Option<std::net::UdpSocket>,
     retry_at: Instant,
     users: usize,
 }
@@ -393,6 +397,7 @@ struct Sess {
     tx: watch::Sender<BfdState>,
     counters: BfdCounters,
     changed: Instant,
+    last_tx_error: Option<String>,
 }
 
 struct Driver {
@@ -508,6 +513,7 @@ impl Driver {
                             poll_in_progress: f.poll_in_progress(),
                             since_change: now.saturating_duration_since(s.changed),
                             counters: s.counters,
+                            last_tx_error: s.last_tx_error.clone(),
                         }
                     })
                     .collect();
@@ -558,6 +564,7 @@ impl Driver {
                 tx,
                 counters: BfdCounters::default(),
                 changed: now,
+                last_tx_error: None,
             },
         );
     }
@@ -705,7 +712,7 @@ impl Driver {
         for o in self.out.drain(..) {
             match o {
                 Output::Send(p) => {
-                    let ok = match self.senders.get_mut(&s.local) {
+                    let sent = match self.senders.get_mut(&s.local) {
                         Some(t) => {
                             if t.sock.is_none() && now >= t.retry_at {
                                 match bind_tx(s.local, &mut self.rng) {
@@ -713,17 +720,27 @@ impl Driver {
                                     Err(_) => t.retry_at = now + BIND_RETRY,
                                 }
                             }
-                            t.sock.as_ref().is_some_and(|sock| {
-                                sock.try_send_to(&p.encode(), SocketAddr::new(peer, CONTROL_PORT))
-                                    .is_ok()
-                            })
+                            match &t.sock {
+                                Some(sock) => sock
+                                    .send_to(&p.encode(), SocketAddr::new(peer, CONTROL_PORT))
+                                    .map(|_| ()),
+                                None => Err(io::Error::new(
+                                    io::ErrorKind::NotConnected,
+                                    "no send socket bound",
+                                )),
+                            }
                         }
-                        None => false,
+                        None => Err(io::Error::other("no send socket")),
                     };
-                    if ok {
-                        s.counters.tx += 1;
-                    } else {
-                        s.counters.tx_errors += 1;
+                    match sent {
+                        Ok(()) => s.counters.tx += 1,
+                        Err(e) => {
+                            if s.counters.tx_errors == 0 {
+                                tracing::warn!("BFD: cannot send to {peer}: {e}");
+                            }
+                            s.counters.tx_errors += 1;
+                            s.last_tx_error = Some(e.to_string());
+                        }
                     }
                 }
                 Output::StateChange { from, to, diag } => {

@@ -290,27 +290,7 @@ impl NlSocket {
     /// Dumps with `req` (RTM_GETLINK, RTM_GETADDR, RTM_GETRULE...) and returns
     /// every message answered, undecoded by kind.
     pub async fn dump(&mut self, req: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-        let seq = self.next_seq();
-        let mut buf = Vec::new();
-        serialize(req, NLM_F_REQUEST | NLM_F_DUMP, seq, &mut buf);
-        self.send_raw(&buf).await?;
-        let mut out = Vec::new();
-        loop {
-            let dgram = tokio::time::timeout(ACK_TIMEOUT, self.recv_raw())
-                .await
-                .map_err(|_| io::Error::from_raw_os_error(nix::libc::ETIMEDOUT))??;
-            for p in parse_datagram(&dgram) {
-                match p {
-                    Parsed::Msg { seq: s, msg } if s == seq => out.push(msg),
-                    Parsed::Done { seq: s } if s == seq => return Ok(out),
-                    Parsed::Ack {
-                        seq: s,
-                        err: Some(e),
-                    } if s == seq => return Err(io::Error::from_raw_os_error(e.errno)),
-                    _ => {}
-                }
-            }
-        }
+        self.dump_picked(req, Some).await
     }
 }
 

@@ -1310,7 +1310,13 @@ impl State {
         let mut have_rules = BTreeSet::new();
         let mut reqs = Vec::new();
         let mut ops = Vec::new();
-        for r in view.rules.iter().filter(|r| r.protocol == proto) {
+        // Only rules into our own tables: other hagw parts (connection pinning)
+        // use protocol 199 for rules of their own.
+        for r in view
+            .rules
+            .iter()
+            .filter(|r| r.protocol == proto && self.cfg.owns_table(r.table))
+        {
             match rule_key(r) {
                 Some(k) if want_rules.contains(&k) && have_rules.insert(k) => {}
                 _ => {

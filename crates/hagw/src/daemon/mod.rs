@@ -62,6 +62,7 @@ pub struct Daemon {
     rib: mpsc::UnboundedSender<RibEvent>,
     fib: Option<FibSync>,
     ranges: Vec<String>,
+    policy: Option<hagw_kernel::policy::PolicySync>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -219,12 +220,17 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         }
     }
 
+    let policy = match &cfg.policy_routing {
+        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
+        _ => None,
+    };
     let daemon = Arc::new(Daemon {
         registry: registry.clone(),
         health: health_status,
         rib: rib_tx,
         fib: fib.clone(),
         ranges: ranges_desc,
+        policy: policy.clone(),
     });
     let control = control::serve(&cfg.control.socket, daemon.clone())
         .await
@@ -257,11 +263,15 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     }
     // Give peers a moment to send their Cease or close.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    if let Some(p) = pinning {
+    // Pinned connections keep their router while we restart (GR): leave it.
+    if let Some(p) = pinning.filter(|_| !graceful) {
         p.shutdown().await;
     }
     if let Some(fib) = fib {
         fib.shutdown(!graceful).await;
+    }
+    if let Some(policy) = policy {
+        policy.shutdown().await;
     }
     control.remove();
     Ok(())
@@ -397,10 +407,15 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let policy_routing = match &self.policy {
+            Some(p) => Some(crate::policy::status(p).await),
+            None => None,
+        };
         Status {
             peers,
             routes,
             health,
+            policy_routing,
         }
     }
 }

@@ -86,8 +86,10 @@ pub struct UpArgs {
     /// flows start on their 5-tuple path and stay there: compare `heal`.
     #[arg(long)]
     pub flows_bind_first: bool,
-    // BFD: a later issue adds `--bfd` here and passes it on in
-    // `topology::Options`.
+    /// BFD interval in ms (x3) on every session; 0 turns BFD off and leaves
+    /// failure detection to the 3 s hold timer.
+    #[arg(long, default_value_t = 50)]
+    pub bfd_ms: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -267,7 +269,7 @@ fn build_and_start(
     intr: &Interrupt,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the hagw binary (current_exe)")?;
-    let opts = topology::Options::default();
+    let opts = topology::Options { bfd_ms: a.bfd_ms };
     println!("{}\n", topo.describe());
 
     println!("building namespaces: {}", topo.namespaces().join(" "));

@@ -45,10 +45,40 @@ impl Kind {
 }
 
 /// Options of `hagw lab up` that shape the configs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
-    // BFD: a later issue adds `bfd: Option<BfdOptions>` here (from
-    // `hagw lab up --bfd`), and the config writers below add the section.
+    /// BFD interval in ms on every session (0: no BFD, only the 3 s hold timer).
+    pub bfd_ms: u32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { bfd_ms: 50 }
+    }
+}
+
+impl Options {
+    /// Appended to a `[[bgp.neighbor]]` or `[[bgp.dynamic]]` table.
+    fn peer_bfd(&self) -> &'static str {
+        if self.bfd_ms > 0 {
+            "bfd = true\n"
+        } else {
+            ""
+        }
+    }
+
+    /// The top-level sections every node shares: BFD timers and graceful
+    /// restart (a restarting hagw loses no packet).
+    fn common(&self) -> String {
+        let mut s = String::from("[bgp.graceful_restart]\nenabled = true\nrestart_time = 120\n\n");
+        if self.bfd_ms > 0 {
+            s.push_str(&format!(
+                "[bfd]\ninterval_ms = {}\nmultiplier = 3\n\n",
+                self.bfd_ms
+            ));
+        }
+        s
+    }
 }
 
 /// One hagw daemon of the lab.
@@ -166,9 +196,7 @@ impl Egress {
         ]
     }
 
-    fn router_config(r: &Router, socket: &std::path::Path, _opts: &Options) -> String {
-        // BFD: a later issue appends the `[bfd]` section (and per-range
-        // `bfd = ...`) here when `opts` asks for it.
+    fn router_config(r: &Router, socket: &std::path::Path, opts: &Options) -> String {
         format!(
             r#"# hagw lab (egress): router {name}, written by `hagw lab up`
 [bgp]
@@ -181,25 +209,28 @@ range = "192.168.100.96/27"
 remote_asn = "external"
 default_originate = true
 hold_time = 3
-
-[control]
+{bfd}
+{common}[control]
 socket = "{socket}"
 "#,
             name = r.name,
             addr = r.lan_addr,
             socket = socket.display(),
+            bfd = opts.peer_bfd(),
+            common = opts.common(),
         )
     }
 
-    fn host_config(socket: &std::path::Path, _opts: &Options) -> String {
-        // BFD: a later issue appends the `[bfd]` section here.
+    fn host_config(socket: &std::path::Path, opts: &Options) -> String {
         let mut neighbors = String::new();
         for w in Egress::wiring() {
             neighbors.push_str(&format!(
-                "[[bgp.neighbor]]\naddress = \"{}\"\nremote_asn = 65000\nhold_time = 3\n\n",
-                w.router.lan_addr
+                "[[bgp.neighbor]]\naddress = \"{}\"\nremote_asn = 65000\nhold_time = 3\n{}\n",
+                w.router.lan_addr,
+                opts.peer_bfd()
             ));
         }
+        neighbors.push_str(&opts.common());
         format!(
             r#"# hagw lab (egress): the host, written by `hagw lab up`
 [bgp]

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Failover time: a router's LAN link is cut silently (../shared/bench/failover-measure.sh:
+# iptables DROP in and out, no RST) until the host's default route no longer lists it.
+# hagw (`hagw lab`) and FRR (`frr-lab.sh`) on the same seed-000 topology, in one run.
+# Usage (root, after `cargo build --release -p hagw`): bench/failover.sh [BFD_MS...]
+#   default BFD_MS: 10 50 0   (0 = no BFD: BGP hold time 3 s, keepalive 1 s)
+#   RUNS=20 runs per setting (RUNS_NOBFD=3 for the slow hold-timer case).
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+SB=${SHARED_BENCH:-$(cd "$HERE/../../shared/bench" && pwd)}
+HAGW=${HAGW_BIN:-$HERE/../target/release/hagw}
+RUNS=${RUNS:-20}
+SETTINGS=${*:-10 50 0}
+
+both_hops() { ip -n "$1" route show default 2>/dev/null | grep -q "via 192.168.100.20" &&
+              ip -n "$1" route show default | grep -q "via 192.168.100.21"; }
+
+# measure HOSTNS ROUTERNS N: N cuts of r1, each after both next hops are back and
+# BFD had time to leave slow start; prints one failover_ms per run.
+measure() {
+  local h=$1 r=$2 n=$3 i
+  for i in $(seq "$n"); do
+    for _ in $(seq 600); do both_hops "$h" && break; sleep 0.1; done
+    both_hops "$h" || { echo "failover_ms=-1 (r1 never came back)"; continue; }
+    sleep 3
+    "$SB/failover-measure.sh" "$h" "$r" 192.168.100.20 | grep failover_ms
+  done
+}
+
+summary() { # name target_ms < failover_ms lines
+  python3 -c '
+import sys, re, statistics
+name, target = sys.argv[1], int(sys.argv[2])
+v = [int(m) for m in re.findall(r"failover_ms=(-?\d+)", sys.stdin.read())]
+ok = [x for x in v if x >= 0]
+if not ok: print(f"{name}: no result"); sys.exit()
+within = sum(1 for x in ok if x <= target) if target > 0 else len(ok)
+print(f"{name}: runs={len(v)} min={min(ok)} median={statistics.median(ok):.0f} max={max(ok)} ms"
+      + (f"; within {target} ms: {within}/{len(v)}" if target > 0 else ""))
+' "$1" "$2"
+}
+
+for ms in $SETTINGS; do
+  n=$RUNS; target=0
+  case $ms in 0) n=${RUNS_NOBFD:-3};; 10) target=40;; 50) target=160;; esac
+  echo "=== BFD ${ms} ms x 3 (0 = none), $n runs each"
+  "$HAGW" lab up --bfd-ms "$ms" --flows 0 >/tmp/failover-lab.log 2>&1 || { cat /tmp/failover-lab.log; exit 1; }
+  measure hagwlab-host hagwlab-r1 "$n" | tee /tmp/failover-hagw-$ms.txt | summary "hagw bfd=${ms}" "$target"
+  "$HAGW" lab down >/dev/null 2>&1
+  if [ "$ms" = 0 ]; then "$SB/frr-lab.sh" up >/dev/null 2>&1; else BFD=1 BFD_MS=$ms "$SB/frr-lab.sh" up >/dev/null 2>&1; fi
+  measure fhost fr1 "$n" | tee /tmp/failover-frr-$ms.txt | summary "frr  bfd=${ms}" "$target"
+  "$SB/frr-lab.sh" down >/dev/null 2>&1
+done

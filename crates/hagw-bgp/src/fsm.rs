@@ -17,29 +17,31 @@ use bytes::{Bytes, BytesMut};
 
 use crate::packet::{
     frame_len, Capability, CodecCtx, GracefulRestartCap, Message, Notification, Open, Update,
-    AFI_IPV4, SAFI_UNICAST,
+    AFI_IPV4, KEEPALIVE_BYTES, SAFI_UNICAST,
 };
 
 /// RFC 4271 §8.2.2: the hold timer before an OPEN arrives ("a large value", 4 min).
 const LARGE_HOLD: Duration = Duration::from_secs(240);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
-/// NOTIFICATION codes and subcodes the FSM itself sends (the codec sends the rest).
+/// NOTIFICATION codes the FSM itself sends (the codec sends the rest).
 mod err {
-    pub const OPEN: u8 = 2;
-    pub const OPEN_BAD_PEER_AS: u8 = 2;
-    pub const OPEN_BAD_BGP_ID: u8 = 3;
-    pub const HOLD_EXPIRED: u8 = 4;
+    pub use crate::packet::codes::cease::{
+        ADMINISTRATIVE_SHUTDOWN as CEASE_ADMIN_SHUTDOWN, BFD_DOWN as CEASE_BFD_DOWN,
+        CONNECTION_COLLISION_RESOLUTION as CEASE_COLLISION,
+    };
     /// RFC 6608 subcodes say which state received the unexpected message.
-    pub const FSM: u8 = 5;
-    pub const FSM_IN_OPENSENT: u8 = 1;
-    pub const FSM_IN_OPENCONFIRM: u8 = 2;
-    pub const FSM_IN_ESTABLISHED: u8 = 3;
-    pub const CEASE: u8 = 6;
-    pub const CEASE_ADMIN_SHUTDOWN: u8 = 2;
-    pub const CEASE_COLLISION: u8 = 7;
-    /// RFC 9384.
-    pub const CEASE_BFD_DOWN: u8 = 10;
+    pub use crate::packet::codes::fsm::{
+        UNEXPECTED_IN_ESTABLISHED as FSM_IN_ESTABLISHED,
+        UNEXPECTED_IN_OPEN_CONFIRM as FSM_IN_OPENCONFIRM,
+        UNEXPECTED_IN_OPEN_SENT as FSM_IN_OPENSENT,
+    };
+    pub use crate::packet::codes::open::{
+        BAD_BGP_IDENTIFIER as OPEN_BAD_BGP_ID, BAD_PEER_AS as OPEN_BAD_PEER_AS,
+    };
+    pub use crate::packet::codes::{
+        CEASE, FSM_ERROR as FSM, HOLD_TIMER_EXPIRED as HOLD_EXPIRED, OPEN_MESSAGE_ERROR as OPEN,
+    };
 }
 
 /// Which remote AS a peer may have.
@@ -275,13 +277,8 @@ pub struct Session {
     last_down: Option<DownReason>,
 }
 
-static KEEPALIVE: [u8; 19] = [
-    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0, 19, 4,
-];
-
 fn keepalive() -> Bytes {
-    Bytes::from_static(&KEEPALIVE)
+    Bytes::from_static(&KEEPALIVE_BYTES)
 }
 
 impl Session {

@@ -48,7 +48,7 @@ fn full_caps(asn: u32) -> Vec<Capability> {
 }
 
 fn keepalive_bytes() -> Vec<u8> {
-    KEEPALIVE.to_vec()
+    KEEPALIVE_BYTES.to_vec()
 }
 
 fn sent_notification(actions: &[Action]) -> Option<(u8, u8)> {

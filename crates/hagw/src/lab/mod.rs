@@ -270,7 +270,14 @@ fn build_and_start(
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the hagw binary (current_exe)")?;
     let opts = topology::Options { bfd_ms: a.bfd_ms };
-    println!("{}\n", topo.describe());
+    println!("{}", topo.describe());
+    match opts.bfd_ms {
+        0 => println!("  BFD off: a dead router is noticed by the 3 s hold timer\n"),
+        ms => println!(
+            "  BFD {ms} ms x 3 on every session: a dead router is gone in ~{} ms\n",
+            3 * ms
+        ),
+    }
 
     println!("building namespaces: {}", topo.namespaces().join(" "));
     for ns in topo.namespaces() {

@@ -375,7 +375,8 @@ impl Topology for Egress {
             "topology egress (seed 000):\n\
              \x20 {HOST} 192.168.100.100 --+-- br0 ({SW}) --+-- {R1} 192.168.100.20 --SNAT 198.51.100.1--+\n\
              \x20                                                 +-- {R2} 192.168.100.21 --SNAT 198.51.100.5--+-- {INET} 203.0.113.1:{SERVER_PORT}\n\
-             \x20 hagw: host AS65100 peers r1/r2 AS65000 (dynamic range 192.168.100.96/27, default-originate, hold 3 s)"
+             \x20 hagw: host AS65100 peers r1/r2 AS65000 (dynamic range 192.168.100.96/27, default-originate, hold 3 s)\n\
+             \x20       graceful restart on every node; the host pins each connection to its router"
         )
     }
 }

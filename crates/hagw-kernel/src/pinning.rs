@@ -463,8 +463,11 @@ pub fn ruleset(table: &str, space: MarkSpace, routers: &[(Nexthop, u32)]) -> Str
             .iter()
             .map(|s| format!("{:#010x} : jump mark_{s}", space.mark(*s)))
             .collect();
+        // Only the connection's own direction follows its router: a reply on
+        // its way back to a container or VM behind this host must be routed
+        // by the main table, not sent back out to the router it came from.
         format!(
-            "\t\tmeta mark and {mask:#010x} == 0 ct mark and {mask:#010x} vmap {{ {} }}\n",
+            "\t\tct direction original meta mark and {mask:#010x} == 0 ct mark and {mask:#010x} vmap {{ {} }}\n",
             entries.join(", ")
         )
     };
@@ -481,6 +484,10 @@ pub fn ruleset(table: &str, space: MarkSpace, routers: &[(Nexthop, u32)]) -> Str
         "\tchain postrouting {{\n\t\ttype filter hook postrouting priority mangle; policy accept;"
     );
     if !routers.is_empty() {
+        // A connection is pinned by its first packet, never by a reply (an
+        // inbound connection DNAT'd to a container must not be pinned by the
+        // container's SYN-ACK).
+        let _ = writeln!(s, "\t\tct direction reply return");
         let _ = writeln!(s, "\t\tct mark and {mask:#010x} != 0 return");
         let _ = writeln!(s, "\t\tmeta mark and {mask:#010x} != 0 return");
     }

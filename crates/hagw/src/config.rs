@@ -191,6 +191,18 @@ pub struct Kernel {
     pub statics: Vec<StaticRoute>,
     /// Keep each connection on the router it started on (issue: hitless heal).
     pub pin_connections: bool,
+    /// Contiguous bits of the packet/conntrack marks pinning may use.
+    pub pin_mark_mask: u32,
+    /// Router slot n uses table pin_table_base + n.
+    pub pin_table_base: u32,
+}
+
+impl Kernel {
+    /// The tables connection pinning may use.
+    pub fn pin_tables(&self) -> std::ops::RangeInclusive<u32> {
+        let slots = self.pin_mark_mask >> self.pin_mark_mask.trailing_zeros();
+        self.pin_table_base + 1..=self.pin_table_base.saturating_add(slots)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -304,6 +316,8 @@ struct RawKernel {
     table: Option<i64>,
     dhcp_default: Option<String>,
     pin_connections: Option<bool>,
+    pin_mark_mask: Option<i64>,
+    pin_table_base: Option<i64>,
     #[serde(default, rename = "static")]
     statics: Vec<RawStatic>,
 }
@@ -408,6 +422,28 @@ impl Validator {
                 .unwrap_or_else(|| DEFAULT_SOCKET.into())
                 .into(),
         };
+        if let (Some(k), Some(p)) = (&kernel, &policy_routing) {
+            // Both use protocol 199: each would take the other's tables for its own.
+            let pin = k.pin_tables();
+            let pol = p.table_base + 1..=p.table_base.saturating_add(65_535).min(32_765);
+            if k.install
+                && k.pin_connections
+                && p.enabled
+                && pin.start() <= pol.end()
+                && pol.start() <= pin.end()
+            {
+                self.problem(
+                    "policy_routing.table_base",
+                    format!(
+                        "its tables {}..={} overlap connection pinning's {}..={} (kernel.pin_table_base)",
+                        pol.start(),
+                        pol.end(),
+                        pin.start(),
+                        pin.end()
+                    ),
+                );
+            }
+        }
         if bgp.is_none() && kernel.is_none() && policy_routing.is_none() {
             self.problem(
                 "(top)",
@@ -834,6 +870,32 @@ impl Validator {
                 self.int("kernel.table", n, 1, i64::from(u32::MAX))
             })
             .unwrap_or(254);
+        let pin_mark_mask = match k.pin_mark_mask {
+            None => 0x0000_ff00,
+            Some(m) => match u32::try_from(m) {
+                Ok(m)
+                    if m != 0 && {
+                        let run = m >> m.trailing_zeros();
+                        run & run.wrapping_add(1) == 0 && run <= 0xffff
+                    } =>
+                {
+                    m
+                }
+                _ => {
+                    self.problem(
+                        "kernel.pin_mark_mask",
+                        format!("{m:#x} is not a run of 1 to 16 contiguous bits (e.g. 0x00ff0000)"),
+                    );
+                    0x0000_ff00
+                }
+            },
+        };
+        let pin_table_base = k
+            .pin_table_base
+            .map_or(Some(9000), |n| {
+                self.int("kernel.pin_table_base", n, 256, 2_000_000_000)
+            })
+            .unwrap_or(9000);
         let mut statics = Vec::new();
         for (i, s) in k.statics.into_iter().enumerate() {
             let key = format!("kernel.static[{i}]");
@@ -871,6 +933,8 @@ impl Validator {
             dhcp_default,
             statics,
             pin_connections: k.pin_connections.unwrap_or(true),
+            pin_mark_mask,
+            pin_table_base,
         }
     }
 }
@@ -1086,6 +1150,31 @@ ipv4 = "10.0.0.1"
         assert_eq!(
             p,
             vec!["health[0].port: missing: a \"tcp\" probe needs a port"]
+        );
+    }
+
+    #[test]
+    fn policy_routing_tables_may_not_overlap_pinning_tables() {
+        let p = problems("[kernel]\n[policy_routing]\ntable_base = 9000\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("policy_routing.table_base: its tables 9001..=32765 overlap connection pinning's 9001..=9255"), "{p:?}");
+        assert!(problems(
+            "[kernel]\npin_table_base = 40000\n[policy_routing]\ntable_base = 9000\n"
+        )
+        .is_empty());
+        assert!(
+            problems("[kernel]\n[policy_routing]\n").is_empty(),
+            "the defaults do not overlap"
+        );
+    }
+
+    #[test]
+    fn a_pin_mark_mask_must_be_contiguous_bits() {
+        assert!(problems("[kernel]\npin_mark_mask = 0x00ff0000\n").is_empty());
+        let p = problems("[kernel]\npin_mark_mask = 0x0f0f\n");
+        assert!(
+            p[0].starts_with("kernel.pin_mark_mask: 0xf0f is not a run"),
+            "{p:?}"
         );
     }
 

@@ -90,7 +90,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         _ => None,
     };
     let pinning = match &kernel {
-        Some(k) if k.install && k.pin_connections => start_pinning().await,
+        Some(k) if k.install && k.pin_connections => start_pinning(k).await,
         _ => None,
     };
     tokio::spawn(routing::run(
@@ -279,9 +279,14 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
 
 /// Connection pinning (`[kernel] pin_connections`). It needs `nft`; if it
 /// cannot start, the daemon runs without it (plain ECMP).
-async fn start_pinning() -> Option<hagw_kernel::pinning::Pinning> {
+async fn start_pinning(k: &config::Kernel) -> Option<hagw_kernel::pinning::Pinning> {
     use hagw_kernel::pinning::{PinConfig, Pinning};
-    match Pinning::start(PinConfig::default()).await {
+    let cfg = PinConfig {
+        mark_mask: k.pin_mark_mask,
+        table_base: k.pin_table_base,
+        ..PinConfig::default()
+    };
+    match Pinning::start(cfg).await {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!("connection pinning disabled: {e}");

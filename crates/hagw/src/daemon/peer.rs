@@ -511,7 +511,11 @@ impl Driver {
                 }
             }
         }
-        self.flush(i).await;
+        if self.flush(i).await {
+            // The write failed and closed connection i; the slot may now hold
+            // the other connection, which must not be touched here.
+            return;
+        }
         if close {
             self.close(i);
         } else {
@@ -519,13 +523,30 @@ impl Driver {
         }
     }
 
-    async fn flush(&mut self, i: usize) {
+    /// Writes the pending bytes to connection `i`; true if that failed and the
+    /// connection was closed.
+    async fn flush(&mut self, i: usize) -> bool {
         if self.wbuf.is_empty() {
-            return;
+            return false;
         }
         let buf = self.wbuf.split().freeze();
+        let mut failed = false;
         if let Some(c) = self.conns[i].as_mut() {
-            if let Err(e) = write(&mut c.stream, buf).await {
+            // A peer that stops reading must not stall this task past its hold
+            // time: timers, BFD and stop requests are handled here too.
+            let limit = match c.session.negotiated().map(|n| n.hold_time) {
+                Some(h) if h > 0 => Duration::from_secs(u64::from(h)),
+                _ => Duration::from_secs(90),
+            };
+            let r = match tokio::time::timeout(limit, write(&mut c.stream, buf)).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("peer read nothing for {limit:?}"),
+                )),
+            };
+            if let Err(e) = r {
+                failed = true;
                 tracing::debug!(peer = %self.task.shared.address, "write failed: {e}");
                 let now = Instant::now();
                 let mut out = Vec::new();
@@ -551,6 +572,7 @@ impl Driver {
         if self.wbuf.capacity() > 64 * 1024 {
             self.wbuf = BytesMut::new();
         }
+        failed
     }
 
     fn close(&mut self, i: usize) {
@@ -719,8 +741,10 @@ impl Driver {
             return;
         };
         if let Some(b) = &self.task.bfd {
-            self.bfd = Some(b.watch(self.task.shared.address, c.local.ip()));
-            self.bfd_was_up = false;
+            let rx = b.watch(self.task.shared.address, c.local.ip());
+            // A session shared with an earlier watcher may already be Up.
+            self.bfd_was_up = *rx.borrow() == BfdState::Up;
+            self.bfd = Some(rx);
         }
         let shared = &self.task.shared;
         shared.remote_asn.store(n.remote_asn, Ordering::Relaxed);

@@ -6,8 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    collections::BTreeSet,
     future::Future,
-    io::{ErrorKind, Read, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
@@ -560,6 +561,72 @@ fn foreign_mark_bits_are_preserved() {
         assert!(counts[0] >= 40, "packet mark lost a bit: {out}");
         assert!(counts[1] >= 40, "conntrack mark lost a bit: {out}");
         assert_eq!(counts[2], 0, "foreign packet bit cleared: {out}");
+        pin.shutdown().await;
+        fib.shutdown(true).await;
+    });
+}
+
+/// A container behind the host (masqueraded by the host, as Docker does): its
+/// connections are pinned like the host's own, and the replies, un-NATed after
+/// the mark would be copied, must still reach the container (only a
+/// connection's original direction follows its router).
+#[test]
+fn a_container_behind_the_host_keeps_working_with_pinning() {
+    let lab = Lab::new();
+    lab.serve();
+    let ctr = Netns::new("pinc");
+    veth(&lab.host, "ct0", &ctr, "eth0");
+    addr(&lab.host, "ct0", "172.17.0.1/24");
+    addr(&ctr, "eth0", "172.17.0.2/24");
+    ctr.sh("ip route add default via 172.17.0.1");
+    lab.host.sysctl("net.ipv4.ip_forward", "1");
+    lab.host.sh("nft -f - <<'EOF'\n\
+         table ip hgtdocker {\n\
+           chain post {\n\
+             type nat hook postrouting priority srcnat; policy accept;\n\
+             ip saddr 172.17.0.0/24 oifname \"eth0\" masquerade\n\
+           }\n\
+         }\n\
+         EOF");
+    let default = net("0.0.0.0/0");
+    let host = &lab.host;
+    let ctr = &ctr;
+    in_ns(host, || async move {
+        let fib = FibSync::start(FibConfig::default()).await.unwrap();
+        let pin = Pinning::start(PinConfig::default()).await.unwrap();
+        fib.set_route(default, vec![nh(RA), nh(RB)]);
+        pin.set_default(default, vec![nh(RA), nh(RB)]);
+        wait_active(&pin, &[RA, RB]).await;
+        let (ok, via) = ctr.run(|| {
+            let mut ok = 0;
+            let mut via = BTreeSet::new();
+            for _ in 0..40 {
+                let Ok(mut s) = std::net::TcpStream::connect_timeout(
+                    &SERVER.parse().unwrap(),
+                    Duration::from_secs(2),
+                ) else {
+                    continue;
+                };
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut seen = String::new();
+                let mut echo = String::new();
+                if r.read_line(&mut seen).is_ok()
+                    && s.write_all(b"ping\n").is_ok()
+                    && r.read_line(&mut echo).is_ok()
+                    && echo == "ping\n"
+                {
+                    ok += 1;
+                    via.insert(seen.trim().to_owned());
+                }
+            }
+            (ok, via)
+        });
+        assert_eq!(ok, 40, "every container connection works through pinning");
+        assert!(
+            via.contains(SNAT_A) || via.contains(SNAT_B),
+            "went out through the routers: {via:?}"
+        );
         pin.shutdown().await;
         fib.shutdown(true).await;
     });

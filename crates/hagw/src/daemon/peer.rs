@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use hagw_bgp::fsm::{self, Action, DownReason, Event, Negotiated, Session, SessionConfig, State};
-use hagw_bgp::packet::Update;
+use hagw_bgp::packet::{Update, AFI_IPV6, SAFI_UNICAST};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -772,7 +772,13 @@ impl Driver {
             ebgp: n.remote_asn != local_asn,
             remote_asn: n.remote_asn,
             remote_id: n.remote_id,
-            graceful_restart: n.graceful_restart.is_some(),
+            graceful_restart: n.graceful_restart.as_ref().map(|g| {
+                g.families
+                    .iter()
+                    .filter(|f| f.forwarding_preserved && f.safi == SAFI_UNICAST)
+                    .map(|f| f.afi == AFI_IPV6)
+                    .collect()
+            }),
         });
     }
 

@@ -23,7 +23,9 @@ pub enum RibEvent {
         ebgp: bool,
         remote_asn: u32,
         remote_id: Ipv4Addr,
-        graceful_restart: bool,
+        /// Graceful restart: the families whose forwarding state the peer
+        /// kept (F bit), as (is IPv6); None without the capability.
+        graceful_restart: Option<Vec<bool>>,
     },
     Update {
         peer: Arc<PeerShared>,
@@ -95,9 +97,18 @@ pub async fn run(
                 remote_id,
                 graceful_restart,
             } => {
-                if !graceful_restart {
-                    // RFC 4724 §4.2: back without GR: its stale paths go now.
-                    rib.sweep_stale(peer.address, None, &mut changes);
+                // RFC 4724 §4.2: back without GR, or without forwarding state
+                // kept for a family (F bit clear, family absent): those stale
+                // paths go now; the others wait for End-of-RIB.
+                match &graceful_restart {
+                    None => rib.sweep_stale(peer.address, None, &mut changes),
+                    Some(kept) => {
+                        for v6 in [false, true] {
+                            if !kept.contains(&v6) {
+                                rib.sweep_stale(peer.address, Some(v6), &mut changes);
+                            }
+                        }
+                    }
                 }
                 peers.insert(
                     peer.address,
@@ -237,5 +248,76 @@ fn is_link_local(a: &IpAddr) -> bool {
     match a {
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
         IpAddr::V4(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::peer::PeerKind;
+    use hagw_bgp::packet::{AsPath, Origin, PathAttributes};
+
+    fn peer() -> Arc<PeerShared> {
+        Arc::new(PeerShared::new(
+            "192.168.100.20".parse().expect("ip"),
+            PeerKind::Dynamic { range: 0 },
+        ))
+    }
+
+    fn up(p: &Arc<PeerShared>, kept: Option<Vec<bool>>) -> RibEvent {
+        RibEvent::Up {
+            peer: p.clone(),
+            ebgp: true,
+            remote_asn: 65000,
+            remote_id: Ipv4Addr::new(192, 168, 100, 20),
+            graceful_restart: kept,
+        }
+    }
+
+    fn default_route(p: &Arc<PeerShared>) -> RibEvent {
+        RibEvent::Update {
+            peer: p.clone(),
+            update: Box::new(Update {
+                withdrawn: vec![],
+                attrs: PathAttributes {
+                    origin: Some(Origin::Igp),
+                    as_path: Some(AsPath { segments: vec![] }),
+                    next_hop: Some(Ipv4Addr::new(192, 168, 100, 20)),
+                    ..PathAttributes::default()
+                },
+                nlri: vec!["0.0.0.0/0".parse().expect("prefix")],
+                treat_as_withdraw: None,
+                discarded: vec![],
+            }),
+        }
+    }
+
+    async fn routes(tx: &mpsc::UnboundedSender<RibEvent>) -> usize {
+        let (rtx, rrx) = oneshot::channel();
+        tx.send(RibEvent::Routes(rtx)).expect("rib runs");
+        rrx.await.expect("answer").len()
+    }
+
+    /// A restarted peer whose OPEN keeps forwarding state for IPv4 (F bit)
+    /// keeps its stale IPv4 routes until End-of-RIB; one that does not loses
+    /// them at once (RFC 4724 §4.2).
+    #[tokio::test]
+    async fn stale_routes_follow_the_f_bit_of_the_new_session() {
+        for (kept, expect) in [(Some(vec![false]), 1), (Some(vec![]), 0), (None, 0)] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run(rx, tx.clone(), 8, None, None, None));
+            let p = peer();
+            tx.send(up(&p, Some(vec![false]))).expect("send");
+            tx.send(default_route(&p)).expect("send");
+            assert_eq!(routes(&tx).await, 1);
+            tx.send(RibEvent::Down {
+                peer: p.clone(),
+                stale_for: Some(Duration::from_secs(60)),
+            })
+            .expect("send");
+            assert_eq!(routes(&tx).await, 1, "kept, stale, while the peer restarts");
+            tx.send(up(&p, kept.clone())).expect("send");
+            assert_eq!(routes(&tx).await, expect, "new OPEN {kept:?}");
+        }
     }
 }

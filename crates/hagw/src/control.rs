@@ -18,9 +18,25 @@ pub struct Status {
     /// Uplink probes (router role): while one is down, routes are withdrawn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<crate::daemon::health::ProbeStatus>,
+    /// BFD sessions (peers with `bfd = true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bfd: Vec<BfdStatus>,
     /// Multi-NIC source policy routing (`[policy_routing]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_routing: Option<crate::policy::PolicyStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BfdStatus {
+    pub peer: String,
+    pub local: String,
+    pub state: String,
+    pub remote_state: String,
+    /// Why the session last went down (RFC 5880 diagnostic).
+    pub diag: String,
+    pub tx_interval_ms: Option<f64>,
+    pub detection_ms: Option<f64>,
+    pub counters: crate::daemon::bfd::BfdCounters,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

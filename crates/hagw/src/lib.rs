@@ -31,6 +31,28 @@ pub fn status_text(st: &control::Status) -> String {
             p.last_error.as_deref().unwrap_or(""),
         );
     }
+    if !st.bfd.is_empty() {
+        let _ = writeln!(s, "\nbfd");
+        for b in &st.bfd {
+            let _ = writeln!(
+                s,
+                "  {} from {}: {} (remote {}), tx {} ms, detect {} ms, rx {} tx {} dropped {}  {}",
+                b.peer,
+                b.local,
+                b.state,
+                b.remote_state,
+                b.tx_interval_ms.map_or("-".into(), |v| format!("{v:.0}")),
+                b.detection_ms.map_or("-".into(), |v| format!("{v:.0}")),
+                b.counters.rx,
+                b.counters.tx,
+                b.counters.dropped_bad_ttl
+                    + b.counters.dropped_malformed
+                    + b.counters.dropped_auth
+                    + b.counters.dropped_no_session,
+                b.diag,
+            );
+        }
+    }
     if !st.health.is_empty() {
         let _ = writeln!(
             s,

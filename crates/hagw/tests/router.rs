@@ -315,3 +315,46 @@ default_originate = true
         Some("Established")
     );
 }
+
+#[test]
+fn a_range_at_its_peer_limit_refuses_the_next_host() {
+    hagw_testkit::require_root();
+    let r = Netns::new("rtrl");
+    let h = Netns::new("hostl");
+    veth(&r, "r0", &h, "h0");
+    addr(&r, "r0", "10.200.0.1/16");
+    for a in ["10.200.1.1/16", "10.200.1.2/16", "10.200.1.3/16"] {
+        addr(&h, "h0", a);
+    }
+    let hagw = Hagw::start(
+        &r,
+        &ROUTER_CONFIG.replace("hold_time = 9", "hold_time = 9\nlimit = 2"),
+    );
+    let (third_refused, _kept) = h.run(|| {
+        let mut kept = Vec::new();
+        for last in [1u8, 2] {
+            let mut p =
+                RawPeer::connect(IpAddr::V4(Ipv4Addr::new(10, 200, 1, last)), router_addr())
+                    .expect("connect");
+            p.establish(65300 + u32::from(last), Ipv4Addr::new(10, 200, 1, last));
+            kept.push(p);
+        }
+        let refused =
+            match RawPeer::connect(IpAddr::V4(Ipv4Addr::new(10, 200, 1, 3)), router_addr()) {
+                Err(_) => true,
+                Ok(mut p) => {
+                    p.send(&Message::Open(common::open(
+                        65303,
+                        Ipv4Addr::new(10, 200, 1, 3),
+                    )));
+                    p.recv(Duration::from_secs(2)).is_none()
+                }
+            };
+        (refused, kept)
+    });
+    assert!(third_refused, "the third host gets no OPEN");
+    assert_eq!(hagw.established(), 2);
+    wait_until("limit logged", Duration::from_secs(5), || {
+        hagw.proc.log().contains("at its limit of 2 peers")
+    });
+}

@@ -64,7 +64,7 @@ const BIND_RETRY: Duration = Duration::from_secs(1);
 const RECV_BATCH: usize = 64;
 
 /// Packet counters of one session (or of packets no session claims).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BfdCounters {
     /// Valid packets handed to the session.
     pub rx: u64,

@@ -63,6 +63,7 @@ pub struct Daemon {
     fib: Option<FibSync>,
     ranges: Vec<String>,
     policy: Option<hagw_kernel::policy::PolicySync>,
+    bfd: Option<bfd::Bfd>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -231,6 +232,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         fib: fib.clone(),
         ranges: ranges_desc,
         policy: policy.clone(),
+        bfd: bfd.clone(),
     });
     let control = control::serve(&cfg.control.socket, daemon.clone())
         .await
@@ -416,10 +418,29 @@ impl Daemon {
             Some(p) => Some(crate::policy::status(p).await),
             None => None,
         };
+        let bfd = match &self.bfd {
+            Some(b) => b
+                .status()
+                .await
+                .into_iter()
+                .map(|s| control::BfdStatus {
+                    peer: s.peer.to_string(),
+                    local: s.local.to_string(),
+                    state: s.state.to_string(),
+                    remote_state: s.remote_state.to_string(),
+                    diag: s.local_diag.to_string(),
+                    tx_interval_ms: s.tx_interval.map(|d| d.as_secs_f64() * 1000.0),
+                    detection_ms: s.detection_time.map(|d| d.as_secs_f64() * 1000.0),
+                    counters: s.counters,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         Status {
             peers,
             routes,
             health,
+            bfd,
             policy_routing,
         }
     }

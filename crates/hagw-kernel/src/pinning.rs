@@ -109,6 +109,10 @@ pub struct PinConfig {
     pub protocol: u8,
     /// The `nft` program.
     pub nft: String,
+    /// Graceful restart: leave the previous run's tables, rules and nft table
+    /// in place (connections stay pinned) until the first next-hop set
+    /// arrives; then keep each returning router's slot and remove the rest.
+    pub adopt: bool,
 }
 
 impl Default for PinConfig {
@@ -120,6 +124,7 @@ impl Default for PinConfig {
             nft_table: DEFAULT_NFT_TABLE.to_string(),
             protocol: RTPROT_HAGW,
             nft: "nft".to_string(),
+            adopt: false,
         }
     }
 }
@@ -243,10 +248,16 @@ impl Pinning {
             installed: BTreeMap::new(),
             nft_loaded: None,
             retry_at: None,
+            adopting: false,
         };
-        st.cleanup(true).await?;
-        st.nft_remove().await.map_err(PinError::Nft)?;
-        st.apply().await;
+        if st.cfg.adopt {
+            st.remember_slots().await?;
+            st.adopting = true;
+        } else {
+            st.cleanup(true).await?;
+            st.nft_remove().await.map_err(PinError::Nft)?;
+            st.apply().await;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(st.run(rx));
         Ok(Pinning { tx })
@@ -364,6 +375,8 @@ struct State {
     /// The ruleset last loaded successfully.
     nft_loaded: Option<String>,
     retry_at: Option<Instant>,
+    /// Adopting a previous run's state: touch nothing until the first Set.
+    adopting: bool,
 }
 
 fn default_of(nh: &Nexthop) -> IpNet {
@@ -537,6 +550,24 @@ impl State {
     /// Dumps rules and routes: deletes ours that are not wanted (with
     /// `remember`, records their router's slot first), and marks missing
     /// ones of installed routers for re-adding.
+    /// Learns the slots of a previous run's routers without changing anything.
+    async fn remember_slots(&mut self) -> std::io::Result<()> {
+        for m in self.sock.dump_routes().await? {
+            let Some(r) = parse_route(m) else { continue };
+            if r.protocol != self.cfg.protocol
+                || !self.range().contains(&r.table)
+                || r.prefix.prefix_len() != 0
+            {
+                continue;
+            }
+            if let [nh] = r.nexthops.as_slice() {
+                let slot = r.table - self.cfg.table_base;
+                self.slots.remembered.insert(Nexthop::new(nh.addr), slot);
+            }
+        }
+        Ok(())
+    }
+
     async fn cleanup(&mut self, remember: bool) -> std::io::Result<()> {
         let mut found_rules = BTreeSet::new();
         let mut dels = Vec::new();
@@ -925,7 +956,7 @@ impl State {
                 } } => {
                     self.retry_at = None;
                 },
-                _ = tick.tick() => {
+                _ = tick.tick(), if !self.adopting => {
                     if let Err(e) = self.cleanup(false).await {
                         error!(error = %e, "pinning resync failed");
                         self.schedule_retry();
@@ -938,6 +969,26 @@ impl State {
                 self.remove_all().await;
                 let _ = tx.send(());
                 return;
+            }
+            if self.adopting {
+                if self.desired.is_empty() {
+                    // Still waiting for the first next-hop set: answer
+                    // snapshots, change nothing.
+                    let snap = self.snapshot();
+                    for tx in snaps.drain(..) {
+                        let _ = tx.send(snap.clone());
+                    }
+                    continue;
+                }
+                // The routers are known again: install them into their old
+                // slots (existing rules and routes are taken as they are, the
+                // nft table is replaced atomically), then drop the rest.
+                self.adopting = false;
+                self.apply().await;
+                if let Err(e) = self.cleanup(false).await {
+                    error!(error = %e, "pinning: removing the previous run's leftovers failed");
+                    self.schedule_retry();
+                }
             }
             self.apply().await;
             if !snaps.is_empty() {

@@ -91,7 +91,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         _ => None,
     };
     let pinning = match &kernel {
-        Some(k) if k.install && k.pin_connections => start_pinning(k).await,
+        Some(k) if k.install && k.pin_connections => start_pinning(k, gr.is_some()).await,
         _ => None,
     };
     tokio::spawn(routing::run(
@@ -281,11 +281,12 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
 
 /// Connection pinning (`[kernel] pin_connections`). It needs `nft`; if it
 /// cannot start, the daemon runs without it (plain ECMP).
-async fn start_pinning(k: &config::Kernel) -> Option<hagw_kernel::pinning::Pinning> {
+async fn start_pinning(k: &config::Kernel, adopt: bool) -> Option<hagw_kernel::pinning::Pinning> {
     use hagw_kernel::pinning::{PinConfig, Pinning};
     let cfg = PinConfig {
         mark_mask: k.pin_mark_mask,
         table_base: k.pin_table_base,
+        adopt,
         ..PinConfig::default()
     };
     match Pinning::start(cfg).await {

@@ -42,6 +42,9 @@ pub enum PeerKind {
 /// What `hagw status` sees of a peer, and how the daemon pokes it.
 #[derive(Debug)]
 pub struct PeerShared {
+    /// Unique per peer object: a dynamic peer that reconnects is a new one, so
+    /// a late event of the old session can be told from the new session's.
+    pub id: u64,
     pub address: IpAddr,
     pub kind: PeerKind,
     state: AtomicU8,
@@ -60,7 +63,9 @@ pub struct PeerShared {
 
 impl PeerShared {
     pub fn new(address: IpAddr, kind: PeerKind) -> PeerShared {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         PeerShared {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             address,
             kind,
             state: AtomicU8::new(0),
@@ -801,10 +806,9 @@ impl Driver {
         shared.since.store(0, Ordering::Relaxed);
         shared.sent.store(0, Ordering::Relaxed);
         self.advertised = false;
-        if let (Some(b), Some(_)) = (&self.task.bfd, self.bfd.take()) {
-            // Sends AdminDown and ends the BFD session; the next session starts anew.
-            b.unwatch(shared.address);
-        }
+        // Dropping our receiver ends the BFD session once no one else watches
+        // it (the same host's new connection may already share it).
+        self.bfd = None;
         let _ = self.task.rib.send(RibEvent::Down {
             peer: shared.clone(),
             stale_for: stale_for.map(|s| Duration::from_secs(u64::from(s))),

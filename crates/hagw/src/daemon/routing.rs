@@ -55,6 +55,8 @@ pub struct Deferral {
 }
 
 struct PeerInfo {
+    /// Which peer object (session) the entry belongs to.
+    id: u64,
     ebgp: bool,
     remote_asn: u32,
     remote_id: u32,
@@ -97,6 +99,14 @@ pub async fn run(
                 remote_id,
                 graceful_restart,
             } => {
+                // The same address's previous session has not reported its end
+                // yet: it has ended now (its late Down will be ignored).
+                if peers.get(&peer.address).is_some_and(|i| i.id != peer.id) {
+                    match &graceful_restart {
+                        Some(_) => rib.peer_restarting(peer.address),
+                        None => rib.peer_down(peer.address, &mut changes),
+                    }
+                }
                 // RFC 4724 §4.2: back without GR, or without forwarding state
                 // kept for a family (F bit clear, family absent): those stale
                 // paths go now; the others wait for End-of-RIB.
@@ -113,6 +123,7 @@ pub async fn run(
                 peers.insert(
                     peer.address,
                     PeerInfo {
+                        id: peer.id,
                         ebgp,
                         remote_asn,
                         remote_id: u32::from(remote_id),
@@ -120,7 +131,7 @@ pub async fn run(
                 );
             }
             RibEvent::Update { peer, update } => {
-                let Some(info) = peers.get(&peer.address) else {
+                let Some(info) = peers.get(&peer.address).filter(|i| i.id == peer.id) else {
                     continue;
                 };
                 apply_update(&mut rib, peer.address, info, &update, &mut changes);
@@ -134,6 +145,10 @@ pub async fn run(
                     .store(rib.received_from(peer.address), Ordering::Relaxed);
             }
             RibEvent::Down { peer, stale_for } => {
+                // A late Down of a replaced session must not touch its successor.
+                if peers.get(&peer.address).is_some_and(|i| i.id != peer.id) {
+                    continue;
+                }
                 peers.remove(&peer.address);
                 let epoch = epochs.entry(peer.address).or_default();
                 *epoch += 1;
@@ -296,6 +311,32 @@ mod tests {
         let (rtx, rrx) = oneshot::channel();
         tx.send(RibEvent::Routes(rtx)).expect("rib runs");
         rrx.await.expect("answer").len()
+    }
+
+    /// A dynamic peer that reconnects before its old session's end is
+    /// reported: the old session's late Down leaves the new one alone.
+    #[tokio::test]
+    async fn a_late_down_of_a_replaced_session_is_ignored() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, tx.clone(), 8, None, None, None));
+        let old = peer();
+        tx.send(up(&old, None)).expect("send");
+        tx.send(default_route(&old)).expect("send");
+        let new = peer();
+        tx.send(up(&new, None)).expect("send");
+        tx.send(default_route(&new)).expect("send");
+        tx.send(RibEvent::Down {
+            peer: old.clone(),
+            stale_for: None,
+        })
+        .expect("send");
+        assert_eq!(routes(&tx).await, 1, "the new session's default stays");
+        tx.send(RibEvent::Down {
+            peer: new.clone(),
+            stale_for: None,
+        })
+        .expect("send");
+        assert_eq!(routes(&tx).await, 0);
     }
 
     /// A restarted peer whose OPEN keeps forwarding state for IPv4 (F bit)

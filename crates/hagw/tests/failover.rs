@@ -199,75 +199,66 @@ fn an_unreachable_probe_target_at_start_is_reported_not_fatal() {
     assert!(!default_route(&lab.host).contains("192.168.100.20"));
 }
 
-#[test]
-fn a_host_restart_with_graceful_restart_loses_no_packet() {
+const BOTH: [&str; 2] = ["192.168.100.20", "192.168.100.21"];
+
+/// Which hagw restarts while the stream runs.
+#[derive(Clone, Copy)]
+enum Restart {
+    Host,
+    R1,
+}
+
+/// Host and routers with graceful restart; `ping -i 0.002` through them while
+/// one hagw stops and starts again: no packet may be lost, and the sessions
+/// and both next hops come back.
+fn graceful_restart_loses_no_packet(which: Restart) {
     let lab = lab();
-    let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
+    let r1_config = router_config("192.168.100.20", GR);
+    let r1 = Hagw::start(&lab.r1, &r1_config);
     let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
     let host = Hagw::start(&lab.host, HOST_CONFIG);
-    wait_hops(
-        &lab.host,
-        &["192.168.100.20", "192.168.100.21"],
-        Duration::from_secs(20),
-    );
+    wait_hops(&lab.host, &BOTH, Duration::from_secs(20));
 
     let mut restarted = None;
     let (sent, received) = ping_while(&lab, 6, || {
-        host.proc.stop();
+        let (old, ns, config) = match which {
+            Restart::Host => (&host, &lab.host, HOST_CONFIG),
+            Restart::R1 => (&r1, &lab.r1, r1_config.as_str()),
+        };
+        old.proc.stop();
+        // The restarting host keeps its kernel routes; a helper host keeps
+        // the restarting router's next hop.
+        std::thread::sleep(Duration::from_millis(300));
         assert!(
-            default_route(&lab.host).contains("proto hagw"),
-            "the kernel keeps the routes while hagw is away"
+            default_route(&lab.host).contains("via 192.168.100.20"),
+            "the default keeps r1 while hagw is away"
         );
-        std::thread::sleep(Duration::from_millis(500));
-        restarted = Some(Hagw::start(&lab.host, HOST_CONFIG));
-        wait_hops(
-            &lab.host,
-            &["192.168.100.20", "192.168.100.21"],
-            Duration::from_secs(10),
-        );
+        restarted = Some(Hagw::start(ns, config));
     });
-    eprintln!("host restart: {sent} sent, {received} received");
+    eprintln!("restart: {sent} sent, {received} received");
     assert!(sent > 1000, "the stream ran: {sent}");
-    assert_eq!(sent, received, "no packet lost across the host's restart");
-    let h = restarted.expect("restarted");
+    assert_eq!(sent, received, "no packet lost across the restart");
+    let back = restarted.expect("restarted");
+    let host_now = match which {
+        Restart::Host => &back,
+        Restart::R1 => &host,
+    };
     lab.host
-        .wait_for("both sessions back", Duration::from_secs(10), |_| {
-            h.peer_state("192.168.100.20").as_deref() == Some("Established")
-                && h.peer_state("192.168.100.21").as_deref() == Some("Established")
+        .wait_for("both sessions back", Duration::from_secs(15), |_| {
+            BOTH.iter()
+                .all(|r| host_now.peer_state(r).as_deref() == Some("Established"))
         });
+    wait_hops(&lab.host, &BOTH, Duration::from_secs(5));
+}
+
+#[test]
+fn a_host_restart_with_graceful_restart_loses_no_packet() {
+    graceful_restart_loses_no_packet(Restart::Host);
 }
 
 #[test]
 fn a_router_restart_with_graceful_restart_loses_no_packet() {
-    let lab = lab();
-    let r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
-    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
-    let host = Hagw::start(&lab.host, HOST_CONFIG);
-    wait_hops(
-        &lab.host,
-        &["192.168.100.20", "192.168.100.21"],
-        Duration::from_secs(20),
-    );
-
-    let mut restarted = None;
-    let (sent, received) = ping_while(&lab, 6, || {
-        r1.proc.stop();
-        // The host (helper) keeps r1's next hop while r1 restarts.
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(default_route(&lab.host).contains("via 192.168.100.20"));
-        restarted = Some(Hagw::start(&lab.r1, &router_config("192.168.100.20", GR)));
-    });
-    eprintln!("router restart: {sent} sent, {received} received");
-    assert!(sent > 1000, "the stream ran: {sent}");
-    assert_eq!(sent, received, "no packet lost across r1's restart");
-    lab.host.wait_for("r1 back", Duration::from_secs(15), |_| {
-        host.peer_state("192.168.100.20").as_deref() == Some("Established")
-    });
-    wait_hops(
-        &lab.host,
-        &["192.168.100.20", "192.168.100.21"],
-        Duration::from_secs(5),
-    );
+    graceful_restart_loses_no_packet(Restart::R1);
 }
 
 #[test]

@@ -48,6 +48,12 @@ pub const RESYNC_PERIOD: Duration = Duration::from_secs(30);
 /// Delay between a link/address event and the resync it triggers (coalesces
 /// event storms).
 pub const EVENT_RESYNC_DELAY: Duration = Duration::from_millis(50);
+/// After an event-socket overrun, resync once the events have been quiet this
+/// long: our own bursts (100k routes) overrun it again and again, and a full
+/// dump after each overrun would cost more than the burst itself.
+const OVERRUN_SETTLE: Duration = Duration::from_millis(300);
+/// ...but never later than this after the first overrun.
+const OVERRUN_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// What to do with default routes of other protocols (DHCP clients,
 /// systemd-networkd, router advertisements) in the main table.
@@ -254,6 +260,8 @@ struct State {
     /// Foreign default routes to delete (DhcpDefault::Remove).
     foreign_del: Vec<KernelRoute>,
     resync_at: Option<Instant>,
+    /// The first event-socket overrun not yet followed by a resync.
+    overrun_since: Option<Instant>,
     warned: HashSet<String>,
 }
 
@@ -322,6 +330,7 @@ impl State {
             errored: HashSet::new(),
             foreign_del: Vec::new(),
             resync_at: None,
+            overrun_since: None,
             warned: HashSet::new(),
         }
     }
@@ -832,8 +841,11 @@ impl State {
                 self.schedule_resync(EVENT_RESYNC_DELAY)
             }
             Event::Overrun => {
-                debug!("event socket overrun; resyncing");
-                self.schedule_resync(EVENT_RESYNC_DELAY)
+                debug!("event socket overrun; resyncing when the events settle");
+                let now = Instant::now();
+                let first = *self.overrun_since.get_or_insert(now);
+                let at = (now + OVERRUN_SETTLE).min(first + OVERRUN_MAX_WAIT);
+                self.resync_at = Some(self.resync_at.map_or(at, |t| t.max(at)));
             }
         }
     }
@@ -847,7 +859,7 @@ impl State {
             let deadline = self.resync_at;
             tokio::select! {
                 biased;
-                evs = monitor::next(&mut events) => match evs {
+                evs = monitor::next_skipping_own(&mut events, self.cfg.protocol) => match evs {
                     Ok(evs) => for ev in evs { self.on_event(ev) },
                     Err(e) => {
                         error!(error = %e, "netlink event socket failed");
@@ -873,6 +885,7 @@ impl State {
                     None => std::future::pending().await,
                 } } => {
                     self.resync_at = None;
+                    self.overrun_since = None;
                     if let Err(e) = self.resync(false).await {
                         error!(error = %e, "route resync failed");
                         self.schedule_resync(Duration::from_secs(1));

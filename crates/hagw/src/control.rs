@@ -18,12 +18,26 @@ pub struct Status {
     /// Uplink probes (router role): while one is down, routes are withdrawn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<crate::daemon::health::ProbeStatus>,
+    /// Connection pinning: each router of the default, its slot, table and mark.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinning: Vec<PinStatus>,
     /// BFD sessions (peers with `bfd = true`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bfd: Vec<BfdStatus>,
     /// Multi-NIC source policy routing (`[policy_routing]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_routing: Option<crate::policy::PolicyStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PinStatus {
+    pub router: String,
+    pub slot: u32,
+    pub table: u32,
+    pub mark: String,
+    /// Table route, fwmark rule and nft entries all in place.
+    pub active: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

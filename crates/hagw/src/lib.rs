@@ -31,6 +31,24 @@ pub fn status_text(st: &control::Status) -> String {
             p.last_error.as_deref().unwrap_or(""),
         );
     }
+    if !st.pinning.is_empty() {
+        let _ = writeln!(s, "\nconnection pinning");
+        for p in &st.pinning {
+            let _ = writeln!(
+                s,
+                "  {} slot {} table {} mark {} {}{}",
+                p.router,
+                p.slot,
+                p.table,
+                p.mark,
+                if p.active { "active" } else { "not active" },
+                p.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if !st.bfd.is_empty() {
         let _ = writeln!(s, "\nbfd");
         for b in &st.bfd {

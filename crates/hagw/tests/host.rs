@@ -304,6 +304,13 @@ fn host_with_two_hagw_routers_installs_one_l4_multipath_default() {
     for r in [R1, R2] {
         assert_eq!(host.peer_state(r).as_deref(), Some("Established"), "{r}");
     }
+    // Connection pinning (on by default) shows both routers, each with its own table.
+    lan.host
+        .wait_for("both routers pinned", Duration::from_secs(5), |_| {
+            host.status()["pinning"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2 && a.iter().all(|p| p["active"] == true))
+        });
 }
 
 #[test]

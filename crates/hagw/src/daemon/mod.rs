@@ -64,6 +64,7 @@ pub struct Daemon {
     ranges: Vec<String>,
     policy: Option<hagw_kernel::policy::PolicySync>,
     bfd: Option<bfd::Bfd>,
+    pinning: Option<hagw_kernel::pinning::Pinning>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -233,6 +234,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         ranges: ranges_desc,
         policy: policy.clone(),
         bfd: bfd.clone(),
+        pinning: pinning.clone(),
     });
     let control = control::serve(&cfg.control.socket, daemon.clone())
         .await
@@ -437,10 +439,27 @@ impl Daemon {
                 .collect(),
             None => Vec::new(),
         };
+        let pinning = match &self.pinning {
+            Some(p) => p
+                .snapshot()
+                .await
+                .into_iter()
+                .map(|r| control::PinStatus {
+                    router: r.nexthop.addr.to_string(),
+                    slot: r.slot,
+                    table: r.table,
+                    mark: format!("{:#x}", r.mark),
+                    active: r.active,
+                    error: r.error,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         Status {
             peers,
             routes,
             health,
+            pinning,
             bfd,
             policy_routing,
         }

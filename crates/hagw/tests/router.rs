@@ -358,3 +358,39 @@ fn a_range_at_its_peer_limit_refuses_the_next_host() {
         hagw.proc.log().contains("at its limit of 2 peers")
     });
 }
+
+#[test]
+fn a_bad_config_on_sighup_is_reported_and_the_running_config_kept() {
+    let (r, h, hagw) = router_and_hosts();
+    let _frr = Frr::start(
+        &h,
+        "frr defaults datacenter\n\
+         router bgp 65101\n bgp router-id 10.200.1.1\n no bgp ebgp-requires-policy\n\
+         neighbor 10.200.0.1 remote-as 65000\n",
+        false,
+    );
+    h.wait_for("FRR's default via hagw", Duration::from_secs(30), |ns| {
+        ns.sh("ip route show default").contains("via 10.200.0.1")
+    });
+    std::fs::write(
+        r.dir().join("hagw.toml"),
+        "[bgp]\nasn = \"sixty-five thousand\"\n",
+    )
+    .expect("overwrite config");
+    std::process::Command::new("kill")
+        .args(["-HUP", &hagw.proc.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    wait_until(
+        "the reload refused in the log",
+        Duration::from_secs(5),
+        || hagw.proc.log().contains("keeping the running config"),
+    );
+    assert!(hagw.proc.log().contains("bgp.asn"), "names the bad key");
+    assert!(hagw.proc.is_running());
+    assert_eq!(
+        hagw.peer_state("10.200.1.1").as_deref(),
+        Some("Established")
+    );
+    assert!(h.sh("ip route show default").contains("via 10.200.0.1"));
+}

@@ -252,7 +252,11 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload_check(config_path.as_deref()),
+            _ = hup.recv() => {
+                // The live-system check runs its own small runtime: not on ours.
+                let path = config_path.clone();
+                std::thread::spawn(move || reload_check(path.as_deref()));
+            }
         }
     }
     tracing::info!("shutting down");
@@ -305,7 +309,7 @@ async fn start_pinning(k: &config::Kernel, adopt: bool) -> Option<hagw_kernel::p
 /// restart to apply it loses no traffic).
 fn reload_check(path: Option<&std::path::Path>) {
     let Some(path) = path else { return };
-    match config::load(path) {
+    match config::load(path).and_then(|c| crate::policy::check_live(path, c)) {
         Err(e) => tracing::error!("SIGHUP: {e}\nkeeping the running config"),
         Ok(_) => tracing::warn!(
             "SIGHUP: {} is valid, but hagw does not apply config changes live yet; \

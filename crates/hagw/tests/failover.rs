@@ -310,3 +310,29 @@ fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
     );
     assert!(host.proc.log().contains("BFD Down"), "{}", host.proc.log());
 }
+
+#[test]
+fn an_unreachable_neighbor_does_not_hold_a_restart_deferral() {
+    let lab = lab();
+    // r2 runs no hagw: the host's connections to it are refused.
+    let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
+    let host = Hagw::start(&lab.host, HOST_CONFIG);
+    wait_hops(&lab.host, &["192.168.100.20"], Duration::from_secs(20));
+    host.proc.stop();
+    let t = Instant::now();
+    let again = Hagw::start(&lab.host, HOST_CONFIG);
+    lab.host
+        .wait_for("deferral over", Duration::from_secs(10), |_| {
+            again.proc.log().contains("selection deferral over")
+        });
+    eprintln!(
+        "deferral ended {} ms after the restart",
+        t.elapsed().as_millis()
+    );
+    assert!(
+        again.proc.log().contains("not waiting for this neighbor"),
+        "{}",
+        again.proc.log()
+    );
+    wait_hops(&lab.host, &["192.168.100.20"], Duration::from_secs(5));
+}

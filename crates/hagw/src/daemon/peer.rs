@@ -435,6 +435,9 @@ impl Driver {
                 self.task
                     .shared
                     .set_error(format!("connect to {}: {e}", self.task.shared.address));
+                let _ = self.task.rib.send(RibEvent::Unreachable {
+                    peer: self.task.shared.address,
+                });
                 s.handle(Event::TcpConnectionFails, now, &mut out);
                 self.active = Some(s);
                 self.apply_idle(out);

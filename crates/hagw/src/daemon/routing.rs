@@ -43,12 +43,16 @@ pub enum RibEvent {
     StaleTimer { peer: IpAddr, epoch: u64 },
     /// Our own restart's selection deferral is over.
     DeferralEnd,
+    /// A configured neighbor could not be reached (connect failed).
+    Unreachable { peer: IpAddr },
 }
 
 /// We restarted with graceful restart: the kernel still holds the routes of our
 /// previous run. Until every configured neighbor has sent End-of-RIB (or the
 /// restart time passes) the kernel is left alone, then brought to the new RIB in
-/// one pass and what was not refreshed is removed (RFC 4724 §4.1).
+/// one pass and what was not refreshed is removed (RFC 4724 §4.1). A neighbor
+/// that cannot be reached, or whose session ends hard, is not waited for: it
+/// would freeze the kernel's routes, its own stale next hop included.
 pub struct Deferral {
     pub neighbors: HashSet<IpAddr>,
     pub limit: Duration,
@@ -168,6 +172,7 @@ pub async fn run(
                     None => {
                         rib.peer_down(peer.address, &mut changes);
                         peer.received.store(0, Ordering::Relaxed);
+                        end_deferral = stop_waiting(&mut waiting_eor, peer.address, deferring);
                     }
                 }
             }
@@ -178,6 +183,9 @@ pub async fn run(
                 }
             }
             RibEvent::DeferralEnd => end_deferral = deferring,
+            RibEvent::Unreachable { peer } => {
+                end_deferral = stop_waiting(&mut waiting_eor, peer, deferring);
+            }
             RibEvent::Routes(tx) => {
                 let _ = tx.send(
                     rib.installed()
@@ -222,6 +230,16 @@ pub async fn run(
         } else {
             changes.clear();
         }
+    }
+}
+
+/// Stops waiting for `peer`'s End-of-RIB; true if that ends the deferral.
+fn stop_waiting(waiting: &mut HashSet<IpAddr>, peer: IpAddr, deferring: bool) -> bool {
+    if waiting.remove(&peer) {
+        tracing::info!(peer = %peer, "graceful restart: not waiting for this neighbor's End-of-RIB");
+        deferring && waiting.is_empty()
+    } else {
+        false
     }
 }
 

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    future::Future,
     net::IpAddr,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -45,24 +44,6 @@ fn ns_with_link(label: &str) -> Netns {
          ip addr add 10.1.0.1/24 dev eth0 && \
          ip -6 addr add 2001:db8:1::1/64 dev eth0 nodad");
     ns
-}
-
-/// Runs an async body on a thread inside `ns` (sockets FibSync opens belong
-/// to the namespace). Two workers: the FibSync task keeps running while the
-/// body blocks on `ip` commands.
-fn in_ns<F, Fut>(ns: &Netns, f: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = ()>,
-{
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f())
-    })
 }
 
 fn json(ns: &Netns, cmd: &str) -> Vec<Value> {
@@ -131,7 +112,7 @@ const SETTLE: Duration = Duration::from_secs(5);
 fn multipath_default_route() {
     let ns = ns_with_link("mp");
     install_proto_name().unwrap();
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         fib.set_route(net("0.0.0.0/0"), vec![nh(B), nh(A)]);
         wait("default via A and B", SETTLE, || {
@@ -156,7 +137,7 @@ fn multipath_default_route() {
 #[test]
 fn replace_never_removes_route() {
     let ns = ns_with_link("repl");
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         fib.set_route(net("0.0.0.0/0"), vec![nh(A), nh(B)]);
         wait("default via A and B", SETTLE, || {
@@ -242,7 +223,7 @@ fn stale_routes_removed_at_start() {
          ip route add 10.60.0.0/16 via {A} proto static && \
          ip route add default via 10.1.0.254 proto dhcp metric 1024"
     ));
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let cfg = FibConfig {
             dhcp_default: DhcpDefault::Outrank,
             statics: vec![StaticRoute {
@@ -297,7 +278,7 @@ fn stale_routes_removed_at_start() {
 fn dhcp_default_outrank() {
     let ns = ns_with_link("outrank");
     ns.sh("ip route add default via 10.1.0.254 proto dhcp metric 1024");
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig {
             dhcp_default: DhcpDefault::Outrank,
             ..FibConfig::default()
@@ -325,7 +306,7 @@ fn dhcp_default_remove() {
         "ip route add default via 10.1.0.254 proto dhcp metric 1024 && \
          ip route add 10.70.0.0/16 via 10.1.0.254 proto dhcp",
     );
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig {
             dhcp_default: DhcpDefault::Remove,
             ..FibConfig::default()
@@ -361,7 +342,7 @@ fn dhcp_default_remove() {
 #[test]
 fn restores_deleted_route_and_after_link_flap() {
     let ns = ns_with_link("restore");
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         fib.set_route(net("0.0.0.0/0"), vec![nh(A), nh(B)]);
         fib.set_route(net("10.99.0.0/16"), vec![nh(A)]);
@@ -408,7 +389,7 @@ fn restores_deleted_route_and_after_link_flap() {
 fn offlink_nexthop_joins_later() {
     let ns = ns_with_link("offlink");
     let c = "10.2.0.2";
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         fib.set_route(net("0.0.0.0/0"), vec![nh(A), nh(c)]);
         fib.set_route(net("10.98.0.0/16"), vec![nh(c)]);
@@ -448,7 +429,7 @@ fn ipv6_link_local_multipath() {
     let ns = Netns::new("v6ll");
     ns.sh("ip link add veth0 type veth peer name veth1 && \
          ip link set veth0 up && ip link set veth1 up");
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let idx = ifindex("veth0").unwrap().expect("veth0 exists");
         assert_eq!(ifindex("nonexistent0").unwrap(), None);
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
@@ -522,7 +503,7 @@ fn multipath_hash_policy_in_netns() {
 
 fn burst(count: u32, table: u32) {
     let ns = ns_with_link("burst");
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig {
             table,
             ..FibConfig::default()
@@ -593,7 +574,7 @@ fn keep_stale_then_purge() {
         "ip route add 10.50.0.0/16 via {A} proto 199 metric 20 && \
          ip route add 10.51.0.0/16 via {A} proto 199 metric 20"
     ));
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let fib = FibSync::start(FibConfig {
             keep_stale: true,
             ..FibConfig::default()

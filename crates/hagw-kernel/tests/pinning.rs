@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeSet,
-    future::Future,
     io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
@@ -36,23 +35,6 @@ fn net(s: &str) -> IpNet {
 
 fn nh(s: &str) -> Nexthop {
     Nexthop::new(ip(s))
-}
-
-/// Runs an async body on a thread inside `ns` with a two-worker runtime (the
-/// FibSync and Pinning tasks keep running while the body blocks).
-fn in_ns<R: Send, F, Fut>(ns: &Netns, f: F) -> R
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = R>,
-{
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f())
-    })
 }
 
 /// The egress lab: host 192.168.100.100 on a bridge with routers A (.20) and
@@ -279,7 +261,7 @@ fn scenario(pin: bool) -> Outcome {
     lab.serve();
     let default = net("0.0.0.0/0");
     let lab = &lab;
-    in_ns(&lab.host, || async move {
+    lab.host.block_on(|| async move {
         set_multipath_hash_policy(true).unwrap();
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         let pinning = if pin {
@@ -443,7 +425,7 @@ fn leftovers_foreign_state_and_ipv6() {
         let t = sh_lines(ns, "nft list tables");
         assert!(t.contains("table inet foreign"), "{t}");
     };
-    in_ns(&ns, || async {
+    ns.block_on(|| async {
         let pin = Pinning::start(PinConfig::default()).await.unwrap();
         let rules = sh_lines(&ns, "ip rule show");
         assert!(
@@ -540,7 +522,7 @@ fn foreign_mark_bits_are_preserved() {
         }\n\
         EOF");
     let default = net("0.0.0.0/0");
-    in_ns(&lab.host, || async {
+    lab.host.block_on(|| async {
         set_multipath_hash_policy(true).unwrap();
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         let pin = Pinning::start(PinConfig::default()).await.unwrap();
@@ -591,7 +573,7 @@ fn a_container_behind_the_host_keeps_working_with_pinning() {
     let default = net("0.0.0.0/0");
     let host = &lab.host;
     let ctr = &ctr;
-    in_ns(host, || async move {
+    host.block_on(|| async move {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         let pin = Pinning::start(PinConfig::default()).await.unwrap();
         fib.set_route(default, vec![nh(RA), nh(RB)]);

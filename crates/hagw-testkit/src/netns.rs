@@ -153,6 +153,24 @@ impl Netns {
         })
     }
 
+    /// Runs an async body to completion inside this namespace on a fresh
+    /// two-worker tokio runtime: sockets the body (or tasks it spawns, such
+    /// as FibSync) opens belong to the namespace, and spawned tasks keep
+    /// running while the body blocks on `ip` commands.
+    pub fn block_on<R: Send, Fut: std::future::Future<Output = R>>(
+        &self,
+        f: impl FnOnce() -> Fut + Send,
+    ) -> R {
+        self.run(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("cannot start a tokio runtime: {e}"));
+            rt.block_on(f())
+        })
+    }
+
     /// Like [`Netns::run`] but does not wait: `f` runs on a background thread
     /// inside the namespace (e.g. a daemon's event loop).
     pub fn spawn_thread<R: Send + 'static>(

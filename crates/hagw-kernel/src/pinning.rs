@@ -93,6 +93,11 @@ const RETRY: Duration = Duration::from_secs(1);
 const RESYNC_PERIOD: Duration = Duration::from_secs(30);
 /// Longest an `nft` run may take.
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A router that left needs no nft change to be unpinned (its rule is gone,
+/// and a dead next hop is never chosen again): the reload, a process that
+/// takes a core for ~15 ms, waits this long so it stays off the failover's
+/// critical path (the FIB replace and the rule deletes of the same event).
+const NFT_SETTLE_AFTER_LEAVE: Duration = Duration::from_millis(100);
 
 /// Configuration of [`Pinning`].
 #[derive(Debug, Clone)]
@@ -247,6 +252,8 @@ impl Pinning {
             desired: BTreeMap::new(),
             installed: BTreeMap::new(),
             nft_loaded: None,
+            nft_routers: BTreeSet::new(),
+            nft_due: None,
             retry_at: None,
             adopting: false,
         };
@@ -372,8 +379,11 @@ struct State {
     /// Desired next hops per family (false: IPv4, true: IPv6).
     desired: BTreeMap<bool, Vec<Nexthop>>,
     installed: BTreeMap<Nexthop, Installed>,
-    /// The ruleset last loaded successfully.
+    /// The ruleset last loaded successfully, and for which routers.
     nft_loaded: Option<String>,
+    nft_routers: BTreeSet<(Nexthop, u32)>,
+    /// A deferred reload (routers only left) is due then.
+    nft_due: Option<Instant>,
     retry_at: Option<Instant>,
     /// Adopting a previous run's state: touch nothing until the first Set.
     adopting: bool,
@@ -872,10 +882,22 @@ impl State {
             .collect();
         let script = ruleset(&self.cfg.nft_table, self.space, &active);
         if self.nft_loaded.as_deref() != Some(script.as_str()) {
+            let now = Instant::now();
+            let only_left =
+                self.nft_loaded.is_some() && active.iter().all(|r| self.nft_routers.contains(r));
+            if only_left {
+                let due = *self.nft_due.get_or_insert(now + NFT_SETTLE_AFTER_LEAVE);
+                if due > now {
+                    self.retry_at = Some(self.retry_at.map_or(due, |r| r.min(due)));
+                    return Ok(());
+                }
+            }
+            self.nft_due = None;
             match self.nft_run(&script).await {
                 Ok(()) => {
                     debug!(routers = active.len(), "pinning nftables table loaded");
                     self.nft_loaded = Some(script);
+                    self.nft_routers = active.into_iter().collect();
                 }
                 Err(e) => {
                     error!(error = %e, "cannot load the pinning nftables table");

@@ -73,6 +73,9 @@ pub struct Bfd {
     /// Desired transmit and required receive interval, milliseconds.
     pub interval_ms: u32,
     pub multiplier: u8,
+    /// Run the BFD thread at real-time priority (SCHED_FIFO), so a busy
+    /// machine cannot delay its packets or its detection into a false Down.
+    pub realtime: bool,
 }
 
 impl Default for Bfd {
@@ -80,6 +83,7 @@ impl Default for Bfd {
         Bfd {
             interval_ms: 300,
             multiplier: 3,
+            realtime: true,
         }
     }
 }
@@ -235,6 +239,7 @@ struct RawConfig {
 struct RawBfd {
     interval_ms: Option<i64>,
     multiplier: Option<i64>,
+    realtime: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +477,7 @@ impl Validator {
                 .multiplier
                 .and_then(|v| self.int("bfd.multiplier", v, 1, 255))
                 .unwrap_or(d.multiplier),
+            realtime: b.realtime.unwrap_or(d.realtime),
         }
     }
 
@@ -1133,7 +1139,8 @@ ipv4 = "10.0.0.1"
             c.bfd,
             Bfd {
                 interval_ms: 10,
-                multiplier: 3
+                multiplier: 3,
+                realtime: true,
             }
         );
         assert_eq!(c.health[0].probe, Probe::Icmp);

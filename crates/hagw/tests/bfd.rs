@@ -1,7 +1,8 @@
 //! BFD (issue 6, item 1): hagw's BFD driver against FRR bfdd and against
 //! itself, in namespaces each test makes and removes. The hagw side is the
-//! `Bfd` API driven directly: a tokio runtime built inside the namespace (its
-//! worker threads, and so every socket the BFD task opens, live there).
+//! `Bfd` API driven directly, started inside the namespace (the BFD thread it
+//! spawns, and so every socket it opens, live there) with a tokio runtime for
+//! the watchers.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ impl Side {
                 .expect("tokio runtime");
             let bfd = {
                 let _g = rt.enter();
-                Bfd::start(interval, mult).expect("Bfd::start")
+                Bfd::start(interval, mult, true).expect("Bfd::start")
             };
             Side { rt, bfd }
         })
@@ -381,4 +382,51 @@ fn malformed_auth_and_unknown_peer_packets_are_dropped_and_counted() {
         1,
         "no session for the stranger"
     );
+}
+
+#[test]
+fn a_flood_of_bad_packets_neither_flaps_a_10ms_session_nor_stops_it() {
+    let (a, b) = pair("bfdflood", 6);
+    let sa = Side::start(&a, 10 * MS, 3);
+    let sb = Side::start(&b, 10 * MS, 3);
+    let mut ra = sa.bfd.watch(ip("10.0.6.2"), ip("10.0.6.1"));
+    let _rb = sb.bfd.watch(ip("10.0.6.1"), ip("10.0.6.2"));
+    sa.wait_state(&mut ra, BfdState::Up, Duration::from_secs(10));
+    wait_until("poll done", Duration::from_secs(5), || {
+        !sa.session("10.0.6.2").poll_in_progress
+    });
+    ra.mark_unchanged();
+    let before = sa.session("10.0.6.2").counters;
+    // One second of version-2 packets from the peer's own address, TTL 255,
+    // as fast as one sender can go.
+    let mut bad = admin_down(1, 2).encode();
+    bad[0] = (2 << 5) | 7;
+    let sent = b.run(move || {
+        let s = UdpSocket::bind("10.0.6.2:40000").expect("bind");
+        s.set_ttl(255).expect("ttl");
+        let dst: SocketAddr = "10.0.6.1:3784".parse().expect("dst");
+        let (start, mut n) = (Instant::now(), 0u64);
+        while start.elapsed() < Duration::from_secs(1) {
+            for _ in 0..100 {
+                if s.send_to(&bad, dst).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    });
+    std::thread::sleep(100 * MS);
+    let st = sa.session("10.0.6.2");
+    let dropped = st.counters.dropped_malformed - before.dropped_malformed;
+    println!(
+        "flood: {sent} sent in 1 s, {dropped} read and dropped as malformed, {} good packets in the meantime",
+        st.counters.rx - before.rx
+    );
+    assert_eq!(st.state, State::Up);
+    assert!(
+        !ra.has_changed().unwrap_or(true),
+        "the session flapped under the flood"
+    );
+    assert!(dropped > 1000, "the flood was not read: {dropped}");
+    assert!(st.counters.rx - before.rx > 50, "good packets kept coming");
 }

@@ -116,7 +116,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     });
 
     let registry = Arc::new(Registry::default());
-    // One BFD task for every peer with `bfd = true` (RFC 5882: BGP is its client).
+    // One BFD thread for every peer with `bfd = true` (RFC 5882: BGP is its client).
     let wants_bfd = cfg
         .bgp
         .as_ref()
@@ -126,6 +126,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
             bfd::Bfd::start(
                 std::time::Duration::from_millis(u64::from(cfg.bfd.interval_ms)),
                 cfg.bfd.multiplier,
+                cfg.bfd.realtime,
             )
             .context("cannot start BFD (UDP 3784)")?,
         )

@@ -725,15 +725,14 @@ impl Driver {
             BfdState::Down | BfdState::AdminDown if self.bfd_was_up => {
                 self.bfd_was_up = false;
                 let peer = self.task.shared.address;
-                if let Some(b) = &self.task.bfd {
-                    let st = b.status().await;
-                    if st
-                        .iter()
-                        .any(|s| s.peer == peer && s.remote_state == BfdState::AdminDown)
-                    {
-                        tracing::info!(peer = %peer, "BFD: peer signalled AdminDown; keeping the BGP session");
-                        return;
-                    }
+                if self
+                    .task
+                    .bfd
+                    .as_ref()
+                    .is_some_and(|b| b.peer_admin_down(peer))
+                {
+                    tracing::info!(peer = %peer, "BFD: peer signalled AdminDown; keeping the BGP session");
+                    return;
                 }
                 tracing::warn!(peer = %peer, "BFD Down: taking the BGP session down");
                 if let Some(i) = self.established {

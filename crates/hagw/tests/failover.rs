@@ -314,7 +314,8 @@ fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
 #[test]
 fn an_unreachable_neighbor_does_not_hold_a_restart_deferral() {
     let lab = lab();
-    // r2 runs no hagw: the host's connections to it are refused.
+    // r2 is gone: its link is down, so the host's connects find no route.
+    lab.r2.sh("ip link set eth1 down");
     let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
     let host = Hagw::start(&lab.host, HOST_CONFIG);
     wait_hops(&lab.host, &["192.168.100.20"], Duration::from_secs(20));
@@ -335,4 +336,43 @@ fn an_unreachable_neighbor_does_not_hold_a_restart_deferral() {
         again.proc.log()
     );
     wait_hops(&lab.host, &["192.168.100.20"], Duration::from_secs(5));
+}
+
+#[test]
+fn a_neighbor_whose_bgp_is_restarting_holds_the_restart_deferral() {
+    let lab = lab();
+    let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
+    let r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
+    let host = Hagw::start(&lab.host, HOST_CONFIG);
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(20),
+    );
+    // r2's daemon stops (its kernel keeps forwarding) and the host restarts
+    // meanwhile: r2 refuses the host's connections.
+    r2.proc.stop();
+    host.proc.stop();
+    let again = Hagw::start(&lab.host, HOST_CONFIG);
+    std::thread::sleep(Duration::from_secs(3));
+    let log = again.proc.log();
+    assert!(
+        !log.contains("selection deferral over"),
+        "a refusing neighbor ended the deferral:\n{log}"
+    );
+    let r = default_route(&lab.host);
+    assert!(
+        r.contains("via 192.168.100.20") && r.contains("via 192.168.100.21"),
+        "the previous run's routes were not kept: {r}"
+    );
+    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
+    lab.host
+        .wait_for("deferral over", Duration::from_secs(15), |_| {
+            again.proc.log().contains("selection deferral over")
+        });
+    wait_hops(
+        &lab.host,
+        &["192.168.100.20", "192.168.100.21"],
+        Duration::from_secs(5),
+    );
 }

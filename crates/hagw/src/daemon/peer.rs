@@ -435,9 +435,18 @@ impl Driver {
                 self.task
                     .shared
                     .set_error(format!("connect to {}: {e}", self.task.shared.address));
-                let _ = self.task.rib.send(RibEvent::Unreachable {
-                    peer: self.task.shared.address,
-                });
+                // A refusal comes from the neighbor's kernel: it is alive and
+                // forwarding, only its BGP is (re)starting, and a graceful
+                // restart deferral should keep waiting for it. No answer, or
+                // no route to it, means it is gone: stop waiting.
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                ) {
+                    let _ = self.task.rib.send(RibEvent::Unreachable {
+                        peer: self.task.shared.address,
+                    });
+                }
                 s.handle(Event::TcpConnectionFails, now, &mut out);
                 self.active = Some(s);
                 self.apply_idle(out);

@@ -17,6 +17,20 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::peer::PeerShared;
 
+/// After a restarting peer is back, its stale routes wait this long at most
+/// for its End-of-RIB (RFC 4724 §4.2 allows such an upper bound; FRR's
+/// stalepath-time default). Its restart timer stops when it is back.
+const STALE_PATH_TIME: Duration = Duration::from_secs(360);
+
+/// Sends `StaleTimer { peer, epoch }` after `d`.
+fn stale_timer(tx: &mpsc::UnboundedSender<RibEvent>, peer: IpAddr, epoch: u64, d: Duration) {
+    let t = tx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(d).await;
+        let _ = t.send(RibEvent::StaleTimer { peer, epoch });
+    });
+}
+
 pub enum RibEvent {
     Up {
         peer: Arc<PeerShared>,
@@ -43,7 +57,8 @@ pub enum RibEvent {
     StaleTimer { peer: IpAddr, epoch: u64 },
     /// Our own restart's selection deferral is over.
     DeferralEnd,
-    /// A configured neighbor could not be reached (connect failed).
+    /// A configured neighbor could not be reached (no answer or no route; a
+    /// refusal is not sent: the neighbor is alive, its BGP restarting).
     Unreachable { peer: IpAddr },
 }
 
@@ -124,6 +139,13 @@ pub async fn run(
                         }
                     }
                 }
+                // Back: the restart timer stops; what is still stale waits for
+                // End-of-RIB, bounded by the stale-path time.
+                let epoch = epochs.entry(peer.address).or_default();
+                *epoch += 1;
+                if rib.stale_count(peer.address) > 0 {
+                    stale_timer(&tx, peer.address, *epoch, STALE_PATH_TIME);
+                }
                 peers.insert(
                     peer.address,
                     PeerInfo {
@@ -160,14 +182,7 @@ pub async fn run(
                     Some(d) => {
                         tracing::info!(peer = %peer.address, "graceful restart: keeping its routes for {d:?}");
                         rib.peer_restarting(peer.address);
-                        let (t, addr, e) = (tx.clone(), peer.address, *epoch);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(d).await;
-                            let _ = t.send(RibEvent::StaleTimer {
-                                peer: addr,
-                                epoch: e,
-                            });
-                        });
+                        stale_timer(&tx, peer.address, *epoch, d);
                     }
                     None => {
                         rib.peer_down(peer.address, &mut changes);
@@ -178,7 +193,7 @@ pub async fn run(
             }
             RibEvent::StaleTimer { peer, epoch } => {
                 if epochs.get(&peer) == Some(&epoch) && rib.stale_count(peer) > 0 {
-                    tracing::info!(peer = %peer, "graceful restart: restart time over, removing its stale routes");
+                    tracing::info!(peer = %peer, "graceful restart: its restart (or stale-path) time is over, removing its stale routes");
                     rib.sweep_stale(peer, None, &mut changes);
                 }
             }
@@ -378,5 +393,27 @@ mod tests {
             tx.send(up(&p, kept.clone())).expect("send");
             assert_eq!(routes(&tx).await, expect, "new OPEN {kept:?}");
         }
+    }
+
+    /// RFC 4724 §4.2: the restart timer stops once the peer is back; its
+    /// stale routes then wait for End-of-RIB, bounded by the stale-path time.
+    #[tokio::test(start_paused = true)]
+    async fn the_restart_timer_stops_when_the_peer_is_back() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, tx.clone(), 8, None, None, None));
+        let p = peer();
+        tx.send(up(&p, Some(vec![false]))).expect("send");
+        tx.send(default_route(&p)).expect("send");
+        tx.send(RibEvent::Down {
+            peer: p.clone(),
+            stale_for: Some(Duration::from_secs(60)),
+        })
+        .expect("send");
+        let back = peer();
+        tx.send(up(&back, Some(vec![false]))).expect("send");
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(routes(&tx).await, 1, "kept past the restart time");
+        tokio::time::sleep(STALE_PATH_TIME).await;
+        assert_eq!(routes(&tx).await, 0, "gone after the stale-path time");
     }
 }

@@ -15,7 +15,8 @@
 //!
 //! * The table (and the rules' priority) is `table_base + ifindex`.
 //! * The primary interface is the configured one, else the one holding the
-//!   main table's default route (sticky while it keeps one).
+//!   main table's default route (sticky while it keeps one); hagw's own BGP
+//!   default counts last, for when `dhcp_default = "remove"` took the others.
 //! * The IPv4 gateway is, in order: the configured one; the router of the
 //!   interface's DHCP lease (dhclient or systemd-networkd, best effort, only
 //!   when inside the interface's subnet); else the first address of the
@@ -520,18 +521,17 @@ fn subnet_first(net: Ipv4Net) -> Option<Ipv4Addr> {
     (net.prefix_len() <= 30).then(|| Ipv4Addr::from(u32::from(net.network()) + 1))
 }
 
-/// The interfaces holding a main-table default route (of another protocol):
-/// (is IPv6, metric, ifindex), best first.
-fn main_defaults(view: &SystemView, protocol: u8) -> Vec<(bool, u32, u32)> {
+/// The interfaces holding a main-table default route: (hagw's own, is IPv6,
+/// metric, ifindex), best first. Another protocol's (DHCP's, the admin's)
+/// come before hagw's own BGP default, which is there to name the primary
+/// when `dhcp_default = "remove"` took the DHCP one away.
+fn main_defaults(view: &SystemView, protocol: u8) -> Vec<(bool, bool, u32, u32)> {
     let mut out = Vec::new();
     for r in &view.routes {
-        if r.table != RT_TABLE_MAIN
-            || r.prefix.prefix_len() != 0
-            || r.protocol == protocol
-            || r.kind != RouteType::Unicast
-        {
+        if r.table != RT_TABLE_MAIN || r.prefix.prefix_len() != 0 || r.kind != RouteType::Unicast {
             continue;
         }
+        let own = r.protocol == protocol;
         let v6 = r.prefix.addr().is_ipv6();
         let mut idx: Vec<u32> = r.nexthops.iter().filter_map(|n| n.ifindex).collect();
         if idx.is_empty() {
@@ -541,7 +541,7 @@ fn main_defaults(view: &SystemView, protocol: u8) -> Vec<(bool, u32, u32)> {
             }));
         }
         for i in idx {
-            out.push((v6, r.metric, i));
+            out.push((own, v6, r.metric, i));
         }
     }
     out.sort();
@@ -549,8 +549,8 @@ fn main_defaults(view: &SystemView, protocol: u8) -> Vec<(bool, u32, u32)> {
 }
 
 /// Picks the primary interface: the configured one, else the current one
-/// (`sticky`) while it still holds a main default route, else the holder of
-/// the best main default route (IPv4 first, lowest metric).
+/// (`sticky`) while it still holds a main default route or none exists, else
+/// the holder of the best main default route (IPv4 first, lowest metric).
 fn pick_primary(
     cfg: &PolicyConfig,
     view: &SystemView,
@@ -570,7 +570,9 @@ fn pick_primary(
     }
     let defaults = main_defaults(view, cfg.protocol);
     if let Some(s) = sticky {
-        if defaults.iter().any(|d| d.2 == s) {
+        // While no default exists at all (the DHCP one just removed, BGP's
+        // not in yet), nothing names a better primary than the last one.
+        if defaults.is_empty() || defaults.iter().any(|d| d.3 == s) {
             if let Some(n) = name_of(s) {
                 return Ok((s, n));
             }
@@ -578,7 +580,7 @@ fn pick_primary(
     }
     defaults
         .iter()
-        .find_map(|d| name_of(d.2).map(|n| (d.2, n)))
+        .find_map(|d| name_of(d.3).map(|n| (d.3, n)))
         .ok_or_else(|| {
             "no default route in the main table yet to pick the primary interface \
              (set policy_routing.primary to name it)"
@@ -1674,8 +1676,26 @@ mod tests {
             "{p:?}"
         );
         assert!(p.interfaces.is_empty());
-        // No default at all: wait.
+        // hagw's own BGP default (proto 199) comes after the DHCP ones...
+        let own = cfg.protocol;
+        v.routes
+            .push(route("0.0.0.0/0", 254, own, 20, Some(("10.0.0.20", 3))));
+        assert_eq!(
+            plan(&cfg, &v, None, &no_lease).primary.map(|p| p.0),
+            Some(2)
+        );
+        // ...and names the primary once `dhcp_default = "remove"` took them.
+        v.routes.retain(|r| r.protocol == own);
+        assert_eq!(
+            plan(&cfg, &v, None, &no_lease).primary.map(|p| p.0),
+            Some(3)
+        );
+        // No default at all: the last primary stays; with none yet, wait.
         v.routes.clear();
+        assert_eq!(
+            plan(&cfg, &v, Some(3), &no_lease).primary.map(|p| p.0),
+            Some(3)
+        );
         let p = plan(&cfg, &v, None, &no_lease);
         assert!(p.error.is_some() && p.primary.is_none());
     }

@@ -426,6 +426,39 @@ fn dhcp_default_remove_deletes_it_and_again_when_re_added() {
     );
 }
 
+/// With the DHCP default removed, policy routing finds the primary NIC by
+/// hagw's own BGP default: the secondary NIC still gets its table and rule.
+#[test]
+fn dhcp_default_remove_with_policy_routing_finds_the_primary_by_the_bgp_default() {
+    let lan = lan();
+    veth(&lan.host, "eth2", &lan.r2, "eth9");
+    addr(&lan.host, "eth2", "10.9.0.5/24");
+    addr(&lan.r2, "eth9", "10.9.0.1/24");
+    lan.host
+        .sh("ip route add default via 192.168.100.1 proto dhcp metric 1024");
+    let _r1 = hagw_router(&lan.r1, R1);
+    let _r2 = hagw_router(&lan.r2, R2);
+    let host = Hagw::start(
+        &lan.host,
+        &host_config(&[R1, R2], "dhcp_default = \"remove\"\n\n[policy_routing]\n"),
+    );
+    wait_default_via(&lan.host, &[R1, R2], Duration::from_secs(10));
+    lan.host
+        .wait_for("eth2's source rule", Duration::from_secs(5), |ns| {
+            ns.sh("ip rule show").contains("from 10.9.0.5 lookup")
+        });
+    assert!(
+        lan.host
+            .sh("ip route show default proto dhcp")
+            .trim()
+            .is_empty(),
+        "the DHCP default is back"
+    );
+    let log = host.proc.log();
+    assert!(log.contains("primary=eth1"), "{log}");
+    assert!(!log.contains("policy routing paused"), "{log}");
+}
+
 #[test]
 fn a_static_route_is_installed_and_comes_back_after_a_hand_delete() {
     let lan = lan();

@@ -77,6 +77,12 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         .as_ref()
         .map(|b| b.graceful_restart)
         .filter(|g| g.enabled);
+    // Policy routing first: its first plan sees the DHCP default (and so the
+    // primary NIC) before `dhcp_default = "remove"` takes it away.
+    let policy = match &cfg.policy_routing {
+        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
+        _ => None,
+    };
     let fib = match &kernel {
         Some(k) if k.install => Some(start_kernel(k, gr.is_some()).await?),
         _ => None,
@@ -223,10 +229,6 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         }
     }
 
-    let policy = match &cfg.policy_routing {
-        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
-        _ => None,
-    };
     let daemon = Arc::new(Daemon {
         registry: registry.clone(),
         health: health_status,

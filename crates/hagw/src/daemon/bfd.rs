@@ -73,6 +73,8 @@ const BIND_RETRY: Duration = Duration::from_secs(1);
 /// At most this many datagrams per socket per wake-up, so timers keep running
 /// under a flood.
 const RECV_BATCH: usize = 64;
+/// The shortest sleep between two rounds of timers.
+const MIN_WAIT: Duration = Duration::from_micros(20);
 /// SCHED_FIFO priority of the BFD thread (1-99; kernel threads use 50).
 const RT_PRIORITY: u8 = 10;
 
@@ -531,8 +533,13 @@ impl Driver {
                 .filter_map(|s| s.fsm.next_deadline())
                 .min()
                 .map_or(next_sweep, |d| d.min(next_sweep));
-            let timeout =
-                TimeSpec::from_duration(wake_at.saturating_duration_since(Instant::now()));
+            // Never a zero timeout: should a deadline fail to move on, a
+            // real-time thread must not spin (packets still wake it at once).
+            let timeout = TimeSpec::from_duration(
+                wake_at
+                    .saturating_duration_since(Instant::now())
+                    .max(MIN_WAIT),
+            );
             if let Err(e) = self.wait(timeout) {
                 tracing::warn!("BFD: ppoll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));

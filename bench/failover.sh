@@ -38,9 +38,10 @@ measure() {
       sleep 0.5
       local out; out=$("$HERE/failover-measure-t0.sh" "$h" "$r" 192.168.100.20)
       sleep 0.2; kill "$cap"; wait "$cap" 2>/dev/null
-      # hagw: the last route batch the host applied (µs wall clock, like t0).
+      # hagw: the route batches the host applied (µs wall clock, like t0); the
+      # first one after t0 is the failover's.
       [ "$h" = hagwlab-host ] && out="$out route_at=$(grep 'applied batch' /run/hagw-lab/host.log |
-        tail -1 | cut -d' ' -f1)"
+        tail -20 | cut -d' ' -f1 | paste -sd,)"
       tcpdump -r /tmp/failover-cap.pcap -nn -tt --time-stamp-precision=nano 2>/dev/null |
         python3 -c '
 import sys, re
@@ -53,8 +54,12 @@ route = ""
 m = re.search(r"route_at=(\S+)", out)
 if m:
     from datetime import datetime, timezone
-    at = datetime.strptime(m.group(1)[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc)
-    route = f" route_ms={(int(at.timestamp() * 1e6) * 1000 - t0) / 1e6:.2f}"
+    def ns(s):
+        at = datetime.strptime(s[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc)
+        return int(at.timestamp() * 1e6) * 1000
+    after = [t for t in map(ns, m.group(1).split(",")) if t >= t0]
+    if after:
+        route = f" route_ms={(min(after) - t0) / 1e6:.2f}"
 if last is None: print(fo)
 else: print(f"{fo} floor_ms={(last - t0) / 1e6 + 3 * ms:.2f}{route}")
 ' "$out" "$ms"
@@ -75,8 +80,8 @@ if not ok: print(f"{name}: no result"); sys.exit()
 within = sum(1 for x in ok if x <= target) if target > 0 else len(ok)
 print(f"{name}: runs={len(v)} min={min(ok)} median={statistics.median(ok):.0f} max={max(ok)} ms"
       + (f"; within {target} ms: {within}/{len(v)}" if target > 0 else ""))
-pairs = [(int(a), float(b)) for a, b in re.findall(r"failover_ms=(\d+) floor_ms=([\d.]+)", text)]
-routes = [(float(b), float(c), int(a)) for a, b, c in re.findall(r"failover_ms=(\d+) floor_ms=([\d.]+) route_ms=([\d.]+)", text)]
+pairs = [(int(a), float(b)) for a, b in re.findall(r"failover_ms=(\d+) floor_ms=([-\d.]+)", text)]
+routes = [(float(b), float(c), int(a)) for a, b, c in re.findall(r"failover_ms=(\d+) floor_ms=([-\d.]+) route_ms=([-\d.]+)", text)]
 if pairs:
     fl = [b for _, b in pairs]; over = [a - b for a, b in pairs]
     print(f"  floor (last packet + 3 x interval): min={min(fl):.1f} median={statistics.median(fl):.1f} max={max(fl):.1f} ms"

@@ -904,6 +904,9 @@ impl State {
                     self.schedule_retry();
                 }
             }
+        } else {
+            // Back to what is loaded (a router left and returned): nothing due.
+            self.nft_due = None;
         }
         Ok(())
     }

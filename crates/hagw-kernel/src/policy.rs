@@ -15,8 +15,9 @@
 //!
 //! * The table (and the rules' priority) is `table_base + ifindex`.
 //! * The primary interface is the configured one, else the one holding the
-//!   main table's default route (sticky while it keeps one); hagw's own BGP
-//!   default counts last, for when `dhcp_default = "remove"` took the others.
+//!   main table's default route (sticky while it keeps one, or while none
+//!   exists); hagw's own BGP default counts last, for when `dhcp_default =
+//!   "remove"` took the others (a multipath one names its lowest ifindex).
 //! * The IPv4 gateway is, in order: the configured one; the router of the
 //!   interface's DHCP lease (dhclient or systemd-networkd, best effort, only
 //!   when inside the interface's subnet); else the first address of the

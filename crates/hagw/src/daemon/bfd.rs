@@ -5,9 +5,10 @@
 //! Detection at 10 ms x 3 is 30 ms: a millisecond lost is felt. The tokio
 //! timer wheel rounds every deadline up to the next millisecond, and a
 //! runtime busy with thousands of BGP sessions may poll the task late. This
-//! thread waits in `ppoll(2)` with a nanosecond timeout (and 1 µs timer
-//! slack), so packets go out and detection fires on time whatever the BGP
-//! side is doing. Watchers get state changes through tokio `watch` channels.
+//! thread waits in `ppoll(2)` with a nanosecond timeout, at real-time
+//! priority (else with 1 µs timer slack), so packets go out and detection
+//! fires on time whatever the BGP side is doing. Watchers get state changes
+//! through tokio `watch` channels.
 //!
 //! # Sockets
 //! * Receive: one IPv4 socket bound to `0.0.0.0:3784` and one IPv6
@@ -167,7 +168,8 @@ struct Watched {
 
 #[derive(Default)]
 struct Shared {
-    /// Every watched peer; the task's sessions follow this map.
+    /// Every watched peer; the thread's sessions follow this map. Held only
+    /// briefly, never while logging: the real-time thread takes it too.
     watched: Mutex<HashMap<IpAddr, Watched>>,
     next_gen: AtomicU64,
 }
@@ -268,13 +270,13 @@ impl Bfd {
         let (peer, local) = (peer.to_canonical(), local.to_canonical());
         let mut m = self.shared.lock();
         if let Some(w) = m.get(&peer) {
-            if w.local != local {
-                tracing::warn!(
-                    "BFD: session to {peer} already runs from {}, not {local}",
-                    w.local
-                );
+            let (rx, from) = (w.tx.subscribe(), w.local);
+            // Log after unlocking: the BFD thread takes this lock too.
+            drop(m);
+            if from != local {
+                tracing::warn!("BFD: session to {peer} already runs from {from}, not {local}");
             }
-            return w.tx.subscribe();
+            return rx;
         }
         let (tx, rx) = watch::channel(BfdState::Down);
         let gen = self.shared.next_gen.fetch_add(1, Ordering::Relaxed);
@@ -519,8 +521,9 @@ enum DropKind {
 
 impl Driver {
     fn run(mut self) {
-        // The default 50 µs slack would be a 0.5 % error at 10 ms; 1 µs costs
-        // nothing at a few wake-ups per interval.
+        // For an ordinary thread (real-time ones get no slack): the default
+        // 50 µs would be a 0.5 % error at 10 ms; 1 µs costs nothing at a few
+        // wake-ups per interval.
         if let Err(e) = nix::sys::prctl::set_timerslack(1_000) {
             tracing::debug!("BFD: cannot lower the timer slack: {e}");
         }
@@ -725,7 +728,13 @@ impl Driver {
     /// Sessions whose watchers are all gone.
     fn sweep(&mut self) {
         let gone: Vec<(IpAddr, u64)> = {
-            let mut m = self.shared.lock();
+            // Busy: try again at the next sweep rather than wait on a
+            // watcher's thread.
+            let mut m = match self.shared.watched.try_lock() {
+                Ok(m) => m,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
             let gone: Vec<(IpAddr, u64)> = m
                 .iter()
                 .filter(|(_, w)| w.tx.receiver_count() == 0)

@@ -70,6 +70,27 @@ pub struct Daemon {
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
 
 pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    // Policy routing first: its first plan sees the DHCP default (and so the
+    // primary NIC) before `dhcp_default = "remove"` takes it away.
+    let policy = match &cfg.policy_routing {
+        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
+        _ => None,
+    };
+    let r = serve(cfg, config_path, policy.clone()).await;
+    if r.is_err() {
+        // A later start-up step failed: leave no policy rules behind.
+        if let Some(p) = policy {
+            p.shutdown().await;
+        }
+    }
+    r
+}
+
+async fn serve(
+    cfg: Config,
+    config_path: Option<std::path::PathBuf>,
+    policy: Option<hagw_kernel::policy::PolicySync>,
+) -> anyhow::Result<()> {
     let (rib_tx, rib_rx) = mpsc::unbounded_channel();
     let kernel = cfg.kernel.clone();
     let gr = cfg
@@ -77,12 +98,6 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         .as_ref()
         .map(|b| b.graceful_restart)
         .filter(|g| g.enabled);
-    // Policy routing first: its first plan sees the DHCP default (and so the
-    // primary NIC) before `dhcp_default = "remove"` takes it away.
-    let policy = match &cfg.policy_routing {
-        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
-        _ => None,
-    };
     let fib = match &kernel {
         Some(k) if k.install => Some(start_kernel(k, gr.is_some()).await?),
         _ => None,

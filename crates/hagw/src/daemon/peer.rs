@@ -224,7 +224,15 @@ struct Driver {
     /// only an Up -> Down transition takes the session down.
     bfd: Option<watch::Receiver<BfdState>>,
     bfd_was_up: bool,
+    /// Since when every connect has been refused (see [`REFUSED_GIVE_UP`]).
+    refused_since: Option<Instant>,
 }
+
+/// A neighbor that refuses connections is alive (its kernel answers) and a
+/// graceful-restart deferral keeps waiting for it — for this long: a BGP
+/// restart takes seconds, and a neighbor whose BGP is gone for good must not
+/// freeze our kernel routes for the whole restart time.
+const REFUSED_GIVE_UP: Duration = Duration::from_secs(10);
 
 impl Driver {
     fn new(task: PeerTask) -> Driver {
@@ -240,6 +248,7 @@ impl Driver {
             advertised: false,
             bfd: None,
             bfd_was_up: false,
+            refused_since: None,
             task,
         }
     }
@@ -418,6 +427,7 @@ impl Driver {
         };
         match r.map(|st| (st.local_addr(), st)) {
             Ok((Ok(_), stream)) if self.conns[0].is_none() => {
+                self.refused_since = None;
                 s.handle(Event::TcpCrAcked, now, &mut out);
                 match self.conn(s, stream, true) {
                     Some(c) => {
@@ -437,12 +447,17 @@ impl Driver {
                     .set_error(format!("connect to {}: {e}", self.task.shared.address));
                 // A refusal comes from the neighbor's kernel: it is alive and
                 // forwarding, only its BGP is (re)starting, and a graceful
-                // restart deferral should keep waiting for it. No answer, or
-                // no route to it, means it is gone: stop waiting.
-                if !matches!(
+                // restart deferral should keep waiting for it (for a while).
+                // No answer, or no route to it, means it is gone: stop waiting.
+                let refused = matches!(
                     e.kind(),
                     io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-                ) {
+                );
+                let since = *self.refused_since.get_or_insert(now);
+                if !refused {
+                    self.refused_since = None;
+                }
+                if !refused || now.duration_since(since) >= REFUSED_GIVE_UP {
                     let _ = self.task.rib.send(RibEvent::Unreachable {
                         peer: self.task.shared.address,
                     });

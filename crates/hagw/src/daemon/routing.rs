@@ -57,8 +57,8 @@ pub enum RibEvent {
     StaleTimer { peer: IpAddr, epoch: u64 },
     /// Our own restart's selection deferral is over.
     DeferralEnd,
-    /// A configured neighbor could not be reached (no answer or no route; a
-    /// refusal is not sent: the neighbor is alive, its BGP restarting).
+    /// A configured neighbor could not be reached: no answer or no route, or
+    /// refusals for 10 s (a refusing neighbor is alive, its BGP restarting).
     Unreachable { peer: IpAddr },
 }
 
@@ -66,8 +66,9 @@ pub enum RibEvent {
 /// previous run. Until every configured neighbor has sent End-of-RIB (or the
 /// restart time passes) the kernel is left alone, then brought to the new RIB in
 /// one pass and what was not refreshed is removed (RFC 4724 §4.1). A neighbor
-/// that cannot be reached, or whose session ends hard, is not waited for: it
-/// would freeze the kernel's routes, its own stale next hop included.
+/// that cannot be reached (or has refused us for 10 s), or whose session ends
+/// hard, is not waited for: it would freeze the kernel's routes, its own stale
+/// next hop included.
 pub struct Deferral {
     pub neighbors: HashSet<IpAddr>,
     pub limit: Duration,

@@ -24,6 +24,9 @@ pub struct Status {
     /// BFD sessions (peers with `bfd = true`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bfd: Vec<BfdStatus>,
+    /// How the BFD thread is scheduled ("SCHED_FIFO 10", or why not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_thread: Option<String>,
     /// Multi-NIC source policy routing (`[policy_routing]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_routing: Option<crate::policy::PolicyStatus>,

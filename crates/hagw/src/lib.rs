@@ -50,7 +50,14 @@ pub fn status_text(st: &control::Status) -> String {
         }
     }
     if !st.bfd.is_empty() {
-        let _ = writeln!(s, "\nbfd");
+        match &st.bfd_thread {
+            Some(t) => {
+                let _ = writeln!(s, "\nbfd (thread: {t})");
+            }
+            None => {
+                let _ = writeln!(s, "\nbfd");
+            }
+        }
         for b in &st.bfd {
             let _ = writeln!(
                 s,

@@ -172,6 +172,8 @@ struct Shared {
     /// briefly, never while logging: the real-time thread takes it too.
     watched: Mutex<HashMap<IpAddr, Watched>>,
     next_gen: AtomicU64,
+    /// How the thread is scheduled ("SCHED_FIFO 10", or why not).
+    scheduling: Mutex<String>,
 }
 
 impl Shared {
@@ -243,9 +245,16 @@ impl Bfd {
         std::thread::Builder::new()
             .name("hagw-bfd".into())
             .spawn(move || {
-                if realtime {
-                    set_realtime();
-                }
+                let sched = if realtime {
+                    set_realtime()
+                } else {
+                    "normal ([bfd] realtime = false)".into()
+                };
+                *driver
+                    .shared
+                    .scheduling
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = sched;
                 driver.run()
             })?;
         Ok(Bfd {
@@ -320,6 +329,15 @@ impl Bfd {
         }
     }
 
+    /// How the BFD thread is scheduled: "SCHED_FIFO 10", or why it is not.
+    pub fn scheduling(&self) -> String {
+        self.shared
+            .scheduling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Every session, by peer address.
     pub async fn status(&self) -> Vec<BfdSessionStatus> {
         self.query().await.0
@@ -346,28 +364,35 @@ impl Bfd {
 /// a second, tested) and the good ones still count — at the price of the core
 /// the flood costs. On a single CPU that could starve BGP itself, so there it
 /// stays an ordinary thread.
-fn set_realtime() {
+/// Returns how the thread is scheduled, for `hagw status`.
+fn set_realtime() -> String {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         tracing::info!("BFD: one CPU only; not running the BFD thread at real-time priority");
-        return;
+        return "normal (one CPU)".into();
     }
     use thread_priority::{
         set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
         ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
     };
     let Ok(prio) = ThreadPriorityValue::try_from(RT_PRIORITY) else {
-        return;
+        return "normal".into();
     };
     match set_thread_priority_and_policy(
         thread_native_id(),
         ThreadPriority::Crossplatform(prio),
         ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
     ) {
-        Ok(()) => tracing::debug!("BFD: thread runs SCHED_FIFO priority {RT_PRIORITY}"),
-        Err(e) => tracing::warn!(
-            "BFD: cannot run at real-time priority ({e:?}); a busy machine may delay \
-             BFD packets (set [bfd] realtime = false to silence this)"
-        ),
+        Ok(()) => {
+            tracing::debug!("BFD: thread runs SCHED_FIFO priority {RT_PRIORITY}");
+            format!("SCHED_FIFO {RT_PRIORITY}")
+        }
+        Err(e) => {
+            tracing::warn!(
+                "BFD: cannot run at real-time priority ({e:?}); a busy machine may delay \
+                 BFD packets (set [bfd] realtime = false to silence this)"
+            );
+            format!("normal (real-time refused: {e:?})")
+        }
     }
 }
 

@@ -483,6 +483,7 @@ impl Daemon {
             health,
             pinning,
             bfd,
+            bfd_thread: self.bfd.as_ref().map(|b| b.scheduling()),
             policy_routing,
         }
     }

@@ -1,6 +1,6 @@
 //! Connection pinning against the real kernel. The flow tests build the
 //! egress lab in namespaces (host, switch, two SNAT routers, "internet" with
-//! a server), keep the host's multipath default with FibSync and drive
+//! a server; IPv4 and IPv6), keep the host's multipath default with FibSync and drive
 //! [`Pinning`] by hand, and count broken TCP flows when a router leaves and
 //! returns. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,11 +19,41 @@ use hagw_kernel::{
 use hagw_testkit::{addr, bridge, require_root, veth, Netns};
 use ipnet::IpNet;
 
-const RA: &str = "192.168.100.20";
-const RB: &str = "192.168.100.21";
-const SNAT_A: &str = "198.51.100.1";
-const SNAT_B: &str = "198.51.100.5";
-const SERVER: &str = "203.0.113.1:8080";
+/// One address family of the (dual-stack) lab.
+#[derive(Clone, Copy)]
+struct Fam {
+    ra: &'static str,
+    rb: &'static str,
+    /// The source address the server sees through A's / B's masquerade.
+    snat_a: &'static str,
+    snat_b: &'static str,
+    server: &'static str,
+    default: &'static str,
+}
+
+const V4: Fam = Fam {
+    ra: "192.168.100.20",
+    rb: "192.168.100.21",
+    snat_a: "198.51.100.1",
+    snat_b: "198.51.100.5",
+    server: "203.0.113.1:8080",
+    default: "0.0.0.0/0",
+};
+
+const V6: Fam = Fam {
+    ra: "fd00:100::20",
+    rb: "fd00:100::21",
+    snat_a: "fd00:51::1",
+    snat_b: "fd00:51::5",
+    server: "[fd00:203::1]:8080",
+    default: "::/0",
+};
+
+const RA: &str = V4.ra;
+const RB: &str = V4.rb;
+const SNAT_A: &str = V4.snat_a;
+const SNAT_B: &str = V4.snat_b;
+const SERVER: &str = V4.server;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -37,9 +67,9 @@ fn nh(s: &str) -> Nexthop {
     Nexthop::new(ip(s))
 }
 
-/// The egress lab: host 192.168.100.100 on a bridge with routers A (.20) and
-/// B (.21), each masquerading out of its uplink to "inet", which holds the
-/// server address.
+/// The egress lab: host 192.168.100.100 / fd00:100::100 on a bridge with
+/// routers A (.20, ::20) and B (.21, ::21), each masquerading (IPv4 and IPv6)
+/// out of its uplink to "inet", which holds the server addresses.
 struct Lab {
     host: Netns,
     ra: Netns,
@@ -63,18 +93,44 @@ impl Lab {
         addr(&host, "eth0", "192.168.100.100/24");
         addr(&ra, "eth0", &format!("{RA}/24"));
         addr(&rb, "eth0", &format!("{RB}/24"));
-        for (r, up, uplink, peer) in [
-            (&ra, "ua", "198.51.100.1/30", "198.51.100.2"),
-            (&rb, "ub", "198.51.100.5/30", "198.51.100.6"),
+        // The cut is a link down: IPv6 addresses must survive it.
+        for r in [&ra, &rb] {
+            r.sysctl("net.ipv6.conf.all.keep_addr_on_down", "1");
+            r.sysctl("net.ipv6.conf.eth0.keep_addr_on_down", "1");
+        }
+        host.sh("ip addr add fd00:100::100/64 dev eth0 nodad");
+        ra.sh("ip addr add fd00:100::20/64 dev eth0 nodad");
+        rb.sh("ip addr add fd00:100::21/64 dev eth0 nodad");
+        for (r, up, uplink, peer, uplink6, peer6) in [
+            (
+                &ra,
+                "ua",
+                "198.51.100.1/30",
+                "198.51.100.2",
+                "fd00:51::1",
+                "fd00:51::2",
+            ),
+            (
+                &rb,
+                "ub",
+                "198.51.100.5/30",
+                "198.51.100.6",
+                "fd00:51::5",
+                "fd00:51::6",
+            ),
         ] {
             veth(r, "up0", &inet, up);
             addr(r, "up0", uplink);
             let inet_cidr = format!("{peer}/30");
             addr(&inet, up, &inet_cidr);
+            r.sh(&format!("ip addr add {uplink6}/126 dev up0 nodad"));
+            inet.sh(&format!("ip addr add {peer6}/126 dev {up} nodad"));
             r.sh(&format!("ip route add default via {peer}"));
+            r.sh(&format!("ip -6 route add default via {peer6}"));
             r.sysctl("net.ipv4.ip_forward", "1");
+            r.sysctl("net.ipv6.conf.all.forwarding", "1");
             r.sh("nft -f - <<'EOF'\n\
-                  table ip hgtnat {\n\
+                  table inet hgtnat {\n\
                     chain post {\n\
                       type nat hook postrouting priority srcnat; policy accept;\n\
                       oifname \"up0\" masquerade\n\
@@ -82,10 +138,10 @@ impl Lab {
                   }\n\
                   EOF");
         }
-        inet.sh("ip addr add 203.0.113.1/32 dev lo");
-        host.sh(&format!(
-            "ping -c1 -W2 {RA} >/dev/null && ping -c1 -W2 {RB} >/dev/null"
-        ));
+        inet.sh("ip addr add 203.0.113.1/32 dev lo && ip addr add fd00:203::1/128 dev lo");
+        for r in [RA, RB, V6.ra, V6.rb] {
+            host.sh(&format!("ping -c1 -W2 {r} >/dev/null"));
+        }
         Lab {
             host,
             ra,
@@ -95,37 +151,16 @@ impl Lab {
         }
     }
 
-    /// Starts the server: every connection is told the source address the
-    /// server sees (which router's SNAT), then its lines are echoed.
+    /// Starts the servers (IPv4 and IPv6): every connection is told the
+    /// source address the server sees (which router's SNAT), then its lines
+    /// are echoed.
     fn serve(&self) {
-        let listener = self
-            ._inet
-            .run(|| TcpListener::bind(SERVER).expect("bind server"));
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut s) = conn else { continue };
-                std::thread::spawn(move || {
-                    let peer = s
-                        .peer_addr()
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_default();
-                    if s.write_all(format!("{peer}\n").as_bytes()).is_err() {
-                        return;
-                    }
-                    let mut buf = [0u8; 256];
-                    loop {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if s.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        for server in [V4.server, V6.server] {
+            let listener = self
+                ._inet
+                .run(move || TcpListener::bind(server).expect("bind server"));
+            serve_on(listener);
+        }
     }
 
     fn cut_a(&self) {
@@ -137,8 +172,38 @@ impl Lab {
         self.host
             .wait_for("router A reachable", Duration::from_secs(10), |ns| {
                 ns.try_sh(&format!("ping -c1 -W1 {RA}")).is_ok()
+                    && ns.try_sh(&format!("ping -c1 -W1 {}", V6.ra)).is_ok()
             });
     }
+}
+
+/// Answers every connection on `listener` (see [`Lab::serve`]).
+fn serve_on(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let peer = s
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                if s.write_all(format!("{peer}\n").as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 256];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
 }
 
 struct Flow {
@@ -148,9 +213,10 @@ struct Flow {
     alive: bool,
 }
 
-/// Opens `n` flows with a plain `connect()` (kernel-chosen source port).
-fn open_flows(n: usize) -> Vec<Flow> {
-    let server: SocketAddr = SERVER.parse().unwrap();
+/// Opens `n` flows to `server` with a plain `connect()` (kernel-chosen
+/// source port).
+fn open_flows(n: usize, server: &str) -> Vec<Flow> {
+    let server: SocketAddr = server.parse().unwrap();
     (0..n)
         .map(|i| {
             let s = TcpStream::connect_timeout(&server, Duration::from_secs(3))
@@ -256,10 +322,10 @@ struct Outcome {
 
 /// The scenario: 200 flows over A and B; A leaves the set and is cut; A is
 /// healed and returns. With `pin`, Pinning follows the next-hop set.
-fn scenario(pin: bool) -> Outcome {
+fn scenario(pin: bool, f: Fam) -> Outcome {
     let lab = Lab::new();
     lab.serve();
-    let default = net("0.0.0.0/0");
+    let default = net(f.default);
     let lab = &lab;
     lab.host.block_on(|| async move {
         set_multipath_hash_policy(true).unwrap();
@@ -276,14 +342,14 @@ fn scenario(pin: bool) -> Outcome {
                 p.set_default(default, nhs);
             }
         };
-        set(vec![nh(RA), nh(RB)]);
+        set(vec![nh(f.ra), nh(f.rb)]);
         assert_eq!(fib.snapshot().await.len(), 1);
         if let Some(p) = &pinning {
-            wait_active(p, &[RA, RB]).await;
+            wait_active(p, &[f.ra, f.rb]).await;
         }
 
-        let mut flows = open_flows(200);
-        let (on_a, on_b) = (count(&flows, SNAT_A), count(&flows, SNAT_B));
+        let mut flows = open_flows(200, f.server);
+        let (on_a, on_b) = (count(&flows, f.snat_a), count(&flows, f.snat_b));
         eprintln!("200 flows: {on_a} via A, {on_b} via B");
         assert_eq!(on_a + on_b, 200, "every flow goes through A or B");
         assert!(on_a > 20 && on_b > 20, "ECMP spreads flows: {on_a}/{on_b}");
@@ -291,11 +357,11 @@ fn scenario(pin: bool) -> Outcome {
         assert!(pre.is_empty(), "flows broken before any change: {pre:?}");
 
         // A leaves: withdrawn from the set, and cut.
-        set(vec![nh(RB)]);
+        set(vec![nh(f.rb)]);
         lab.cut_a();
         fib.snapshot().await;
         if let Some(p) = &pinning {
-            wait_active(p, &[RB]).await;
+            wait_active(p, &[f.rb]).await;
         }
         let mut cut = check(&mut flows);
         for _ in 0..2 {
@@ -307,10 +373,10 @@ fn scenario(pin: bool) -> Outcome {
 
         // A returns.
         lab.heal_a();
-        set(vec![nh(RA), nh(RB)]);
+        set(vec![nh(f.ra), nh(f.rb)]);
         fib.snapshot().await;
         if let Some(p) = &pinning {
-            wait_active(p, &[RA, RB]).await;
+            wait_active(p, &[f.ra, f.rb]).await;
         }
         let mut heal = Vec::new();
         for _ in 0..3 {
@@ -320,8 +386,8 @@ fn scenario(pin: bool) -> Outcome {
 
         if let Some(p) = &pinning {
             // New flows use both routers again, and work.
-            let mut fresh = open_flows(40);
-            let (fa, fb) = (count(&fresh, SNAT_A), count(&fresh, SNAT_B));
+            let mut fresh = open_flows(40, f.server);
+            let (fa, fb) = (count(&fresh, f.snat_a), count(&fresh, f.snat_b));
             assert!(
                 fa > 0 && fb > 0,
                 "new flows after heal: {fa} via A, {fb} via B"
@@ -346,13 +412,22 @@ fn sum(b: &[(String, usize)], via: &str) -> usize {
 
 #[test]
 fn pinned_flows_survive_a_router_return() {
-    let o = scenario(true);
+    pinned_flows_survive(V4);
+}
+
+#[test]
+fn pinned_ipv6_flows_survive_a_router_return() {
+    pinned_flows_survive(V6);
+}
+
+fn pinned_flows_survive(f: Fam) {
+    let o = scenario(true, f);
     // The cut breaks exactly A's flows ...
-    assert_eq!(sum(&o.cut, SNAT_A), o.on_a, "cut: {:?}", o.cut);
-    assert_eq!(sum(&o.cut, SNAT_B), 0, "cut broke B's flows: {:?}", o.cut);
+    assert_eq!(sum(&o.cut, f.snat_a), o.on_a, "cut: {:?}", o.cut);
+    assert_eq!(sum(&o.cut, f.snat_b), 0, "cut broke B's flows: {:?}", o.cut);
     // ... and the return breaks none.
     assert!(o.heal.is_empty(), "heal broke flows: {:?}", o.heal);
-    let _ = (o.on_b, broken_via(&o.heal, SNAT_B));
+    let _ = (o.on_b, broken_via(&o.heal, f.snat_b));
 }
 
 /// The problem pinning solves, measured the same way: without it, A's
@@ -360,9 +435,18 @@ fn pinned_flows_survive_a_router_return() {
 /// not know them.
 #[test]
 fn without_pinning_a_router_return_breaks_flows() {
-    let o = scenario(false);
-    assert_eq!(sum(&o.cut, SNAT_B), 0, "cut broke B's flows: {:?}", o.cut);
-    let broken = sum(&o.heal, SNAT_B);
+    flows_break_without_pinning(V4);
+}
+
+#[test]
+fn without_pinning_an_ipv6_router_return_breaks_flows() {
+    flows_break_without_pinning(V6);
+}
+
+fn flows_break_without_pinning(f: Fam) {
+    let o = scenario(false, f);
+    assert_eq!(sum(&o.cut, f.snat_b), 0, "cut broke B's flows: {:?}", o.cut);
+    let broken = sum(&o.heal, f.snat_b);
     eprintln!(
         "without pinning: heal broke {broken} of {} flows via B",
         o.on_b
@@ -535,7 +619,7 @@ fn foreign_mark_bits_are_preserved() {
         pin.set_default(default, vec![nh(RA), nh(RB)]);
         fib.snapshot().await;
         wait_active(&pin, &[RA, RB]).await;
-        let mut flows = open_flows(20);
+        let mut flows = open_flows(20, SERVER);
         assert!(check(&mut flows).is_empty());
         let out = lab.host.sh("nft list chain inet other post");
         let counts: Vec<u64> = out

@@ -430,3 +430,42 @@ fn a_flood_of_bad_packets_neither_flaps_a_10ms_session_nor_stops_it() {
     assert!(dropped > 1000, "the flood was not read: {dropped}");
     assert!(st.counters.rx - before.rx > 50, "good packets kept coming");
 }
+
+/// A session removed while Up repeats its AdminDown for the peer's detection
+/// time: with the first one lost, the peer still learns AdminDown (and keeps
+/// its BGP, RFC 5882 §3.2) instead of timing out.
+#[test]
+fn a_lost_admin_down_is_repeated_so_the_peer_sees_no_failure() {
+    let (a, b) = pair("bfdadm", 7);
+    let sa = Side::start(&a, 10 * MS, 3);
+    let sb = Side::start(&b, 10 * MS, 3);
+    let mut ra = sa.bfd.watch(ip("10.0.7.2"), ip("10.0.7.1"));
+    let _rb = sb.bfd.watch(ip("10.0.7.1"), ip("10.0.7.2"));
+    sa.wait_state(&mut ra, BfdState::Up, Duration::from_secs(10));
+    wait_until("poll done", Duration::from_secs(5), || {
+        !sa.session("10.0.7.2").poll_in_progress && !sb.session("10.0.7.1").poll_in_progress
+    });
+    // b's first AdminDown (State bits 00) is dropped on its way out.
+    b.sh("nft -f - <<'EOF'\n\
+          table inet hgtdrop {\n\
+            chain out {\n\
+              type filter hook output priority 0; policy accept;\n\
+              udp dport 3784 @ih,8,2 0 quota until 60 bytes counter drop\n\
+            }\n\
+          }\n\
+          EOF");
+    sb.bfd.unwatch(ip("10.0.7.1"));
+    sa.wait_state(&mut ra, BfdState::Down, Duration::from_secs(2));
+    std::thread::sleep(50 * MS);
+    let st = sa.session("10.0.7.2");
+    let dropped = b.sh("nft list chain inet hgtdrop out");
+    println!("a after b left: {st:?}\nb's drop rule: {dropped}");
+    assert!(
+        dropped.contains("packets 1 "),
+        "the first AdminDown was not dropped: {dropped}"
+    );
+    assert_eq!(st.remote_state, State::AdminDown, "{st:?}");
+    assert_eq!(st.local_diag, Diag::NEIGHBOR_SIGNALED_DOWN, "{st:?}");
+    assert!(sa.bfd.peer_admin_down(ip("10.0.7.2")));
+    sb.rt.block_on(sb.bfd.drain(Duration::from_secs(1)));
+}

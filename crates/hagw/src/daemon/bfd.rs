@@ -195,6 +195,8 @@ enum Cmd {
         gen: u64,
     },
     Status(oneshot::Sender<(Vec<BfdSessionStatus>, BfdCounters)>),
+    /// Answered once every removed session's AdminDown repeats are sent.
+    Drain(oneshot::Sender<()>),
 }
 
 impl Bfd {
@@ -241,6 +243,8 @@ impl Bfd {
                 seed
             },
             out: Vec::new(),
+            leaving: Vec::new(),
+            drains: Vec::new(),
         };
         std::thread::Builder::new()
             .name("hagw-bfd".into())
@@ -336,6 +340,16 @@ impl Bfd {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Waits (at most `limit`) until the AdminDown of every removed session
+    /// has been repeated: call it after the last `unwatch` of a shutdown, so
+    /// the process does not exit under them.
+    pub async fn drain(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Cmd::Drain(tx)) {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
     }
 
     /// Every session, by peer address.
@@ -502,6 +516,22 @@ fn recv_one(
     Ok((msg.bytes, src, ttl))
 }
 
+/// A removed session's AdminDown, repeated for the peer's detection time.
+/// One lost AdminDown would otherwise look like a failure: the peer's BFD
+/// expires, and its BGP drops ours (Cease, BFD Down) — exactly what a
+/// graceful restart must avoid. FRR's bfdd learnt the same (frr#22643).
+struct Leaving {
+    peer: IpAddr,
+    sock: UdpSocket,
+    packet: Vec<u8>,
+    interval: Duration,
+    next: Instant,
+    left: u32,
+}
+
+/// The AdminDown repeats cover at most this long.
+const LEAVING_MAX: Duration = Duration::from_secs(1);
+
 struct SendSock {
     sock: Option<std::net::UdpSocket>,
     retry_at: Instant,
@@ -535,6 +565,8 @@ struct Driver {
     cfg: SessionConfig,
     rng: u64,
     out: Vec<Output>,
+    leaving: Vec<Leaving>,
+    drains: Vec<oneshot::Sender<()>>,
 }
 
 enum DropKind {
@@ -559,6 +591,7 @@ impl Driver {
                 .sessions
                 .values()
                 .filter_map(|s| s.fsm.next_deadline())
+                .chain(self.leaving.iter().map(|l| l.next))
                 .min()
                 .map_or(next_sweep, |d| d.min(next_sweep));
             // Never a zero timeout: should a deadline fail to move on, a
@@ -580,10 +613,14 @@ impl Driver {
                     Ok(c) => self.command(c),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        // Every handle is gone: say goodbye.
+                        // Every handle is gone: say goodbye, repeats included.
                         let peers: Vec<IpAddr> = self.sessions.keys().copied().collect();
                         for p in peers {
                             self.remove(p);
+                        }
+                        while let Some(next) = self.leaving.iter().map(|l| l.next).min() {
+                            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                            self.run_leaving(Instant::now());
                         }
                         return;
                     }
@@ -597,6 +634,27 @@ impl Driver {
                 next_sweep = now + SWEEP;
             }
             self.run_timers(now);
+            self.run_leaving(now);
+        }
+    }
+
+    /// Sends the AdminDown repeats that are due.
+    fn run_leaving(&mut self, now: Instant) {
+        for l in self.leaving.iter_mut().filter(|l| l.next <= now) {
+            if let Err(e) = l
+                .sock
+                .send_to(&l.packet, SocketAddr::new(l.peer, CONTROL_PORT))
+            {
+                tracing::debug!("BFD: AdminDown repeat to {} failed: {e}", l.peer);
+            }
+            l.left = l.left.saturating_sub(1);
+            l.next = now + l.interval;
+        }
+        self.leaving.retain(|l| l.left > 0);
+        if self.leaving.is_empty() {
+            for d in self.drains.drain(..) {
+                let _ = d.send(());
+            }
         }
     }
 
@@ -631,6 +689,13 @@ impl Driver {
             Cmd::Remove { peer, gen } => {
                 if self.sessions.get(&peer).is_some_and(|s| s.gen == gen) {
                     self.remove(peer);
+                }
+            }
+            Cmd::Drain(reply) => {
+                if self.leaving.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    self.drains.push(reply);
                 }
             }
             Cmd::Status(reply) => {
@@ -688,6 +753,9 @@ impl Driver {
         if self.sessions.contains_key(&peer) {
             self.remove(peer);
         }
+        // A new session must not be followed by its predecessor's AdminDowns.
+        self.leaving.retain(|l| l.peer != peer);
+        self.run_leaving(now);
         let disc = loop {
             let d = xorshift(&mut self.rng) as u32;
             if let Some(d) = NonZeroU32::new(d) {
@@ -735,7 +803,41 @@ impl Driver {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        s.fsm.set_admin_down(Instant::now(), &mut self.out);
+        let now = Instant::now();
+        // The peer relies on our packets only while Up; its detection time
+        // is our Detect Mult times the interval we were sending at.
+        let repeat = (s.fsm.state() == BfdState::Up)
+            .then(|| s.fsm.tx_interval())
+            .flatten();
+        s.fsm.set_admin_down(now, &mut self.out);
+        let packet = self.out.iter().find_map(|o| match o {
+            Output::Send(p) => Some(p.encode().to_vec()),
+            Output::StateChange { .. } => None,
+        });
+        let sock = self
+            .senders
+            .get(&s.local)
+            .and_then(|t| t.sock.as_ref())
+            .and_then(|t| t.try_clone().ok());
+        if let (Some(interval), Some(packet), Some(sock)) = (repeat, packet, sock) {
+            let covers = interval.saturating_mul(u32::from(self.cfg.detect_mult));
+            let left = if covers > LEAVING_MAX {
+                (LEAVING_MAX.as_nanos() / interval.as_nanos().max(1)) as u32
+            } else {
+                u32::from(self.cfg.detect_mult)
+            };
+            if left > 0 {
+                self.leaving.retain(|l| l.peer != peer);
+                self.leaving.push(Leaving {
+                    peer,
+                    sock,
+                    packet,
+                    interval,
+                    next: now + interval,
+                    left,
+                });
+            }
+        }
         self.flush(peer);
         let Some(s) = self.sessions.remove(&peer) else {
             return;

@@ -289,6 +289,10 @@ async fn serve(
     }
     // Give peers a moment to send their Cease or close.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // And BFD to repeat its AdminDowns (the peers keep our BGP sessions).
+    if let Some(b) = &bfd {
+        b.drain(std::time::Duration::from_secs(1)).await;
+    }
     // Pinned connections keep their router while we restart (GR): leave it.
     if let Some(p) = pinning.filter(|_| !graceful) {
         p.shutdown().await;

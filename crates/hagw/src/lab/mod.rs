@@ -17,6 +17,7 @@ mod route;
 mod state;
 mod sys;
 pub mod topology;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -42,6 +43,21 @@ pub struct LabArgs {
     pub cmd: LabCmd,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct TimeCutArgs {
+    /// Namespace whose main-table default route is watched.
+    pub host_ns: String,
+    /// Namespace of the router to cut.
+    pub router_ns: String,
+    /// The router's interface toward the host.
+    pub dev: String,
+    /// The router's address as the host's next hop.
+    pub nexthop: Ipv4Addr,
+    /// Seconds to wait for the route change.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum LabCmd {
     /// Build a topology in network namespaces, start hagw on every node, and
@@ -59,6 +75,12 @@ pub enum LabCmd {
     Heal(RouterArgs),
     /// Stop everything the lab started and delete its namespaces (idempotent).
     Down,
+    /// Time a silent cut on any namespaces (the lab's own, or another
+    /// daemon's lab): cut DEV in ROUTER_NS like `fail` does, time until
+    /// HOST_NS's default route drops NEXTHOP (netlink, no polling), restore.
+    /// Prints `failover_ms=` (from the cut command's start) and
+    /// `after_cut_ms=` (from its return). Used by bench/lab-failover.sh.
+    TimeCut(TimeCutArgs),
     /// (internal) The lab's TCP server, run inside the "internet" namespace.
     #[command(hide = true)]
     ServeInternal(flows::ServeArgs),
@@ -105,8 +127,7 @@ pub struct RouterArgs {
     pub timeout: u64,
 }
 
-/// How often the default route is polled while measuring.
-const POLL: Duration = Duration::from_millis(5);
+/// `--flows` above this is refused (each flow is a socket in the lab).
 const MAX_FLOWS: usize = 20_000;
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
@@ -116,6 +137,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         LabCmd::Fail(a) => fail(a),
         LabCmd::Heal(a) => heal(a),
         LabCmd::Down => down(),
+        LabCmd::TimeCut(a) => time_cut(&a),
         LabCmd::ServeInternal(a) => flows::serve(a.listen, a.ready.as_deref()),
         LabCmd::FlowsInternal(a) => flows::hold(&a),
     }
@@ -710,18 +732,17 @@ fn status() -> anyhow::Result<()> {
 
 /// A netdev table on the router's LAN interface that drops every frame in
 /// and out (ARP included): the link is dead, nothing answers, no RST.
-fn cut_ruleset(r: &Router) -> String {
+fn cut_ruleset(dev: &str) -> String {
     format!(
         "table netdev hagwlab_cut {{\n\
          \x20 chain in {{ type filter hook ingress device \"{dev}\" priority -500; policy drop; }}\n\
          \x20 chain out {{ type filter hook egress device \"{dev}\" priority -500; policy drop; }}\n\
-         }}\n",
-        dev = r.lan_if
+         }}\n"
     )
 }
 
 fn cut(r: &Router) -> anyhow::Result<()> {
-    sys::nft_load(r.ns, &cut_ruleset(r))
+    sys::nft_load(r.ns, &cut_ruleset(r.lan_if))
         .with_context(|| format!("cannot cut {}'s LAN link", r.name))
 }
 
@@ -731,25 +752,41 @@ fn uncut(r: &Router) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls the host's default route every [`POLL`] until `done` holds;
-/// returns the time since `t0`, or `None` after `timeout`.
-fn wait_route(
-    host: &str,
-    t0: Instant,
-    timeout: Duration,
-    done: impl Fn(&[Ipv4Addr]) -> bool,
-) -> anyhow::Result<Option<Duration>> {
-    loop {
-        let nhs = route::default_nexthops(host)?;
-        let at = t0.elapsed();
-        if done(&nhs) {
-            return Ok(Some(at));
+fn time_cut(a: &TimeCutArgs) -> anyhow::Result<()> {
+    require_root()?;
+    for ns in [&a.host_ns, &a.router_ns] {
+        if !sys::ns_exists(ns) {
+            bail!("no network namespace {ns}");
         }
-        if at > timeout {
-            return Ok(None);
-        }
-        thread::sleep(POLL);
     }
+    let nh = a.nexthop;
+    let timeout = Duration::from_secs(a.timeout);
+    let w = watch::Watch::start(&a.host_ns, move |nhs| !nhs.contains(&nh), timeout)?;
+    let t0 = Instant::now();
+    sys::nft_load(&a.router_ns, &cut_ruleset(&a.dev))
+        .with_context(|| format!("cannot cut {} in {}", a.dev, a.router_ns))?;
+    let in_place = t0.elapsed();
+    let gone = w.wait();
+    let restored = sys::ns_exec(
+        &a.router_ns,
+        "nft",
+        &["delete", "table", "netdev", "hagwlab_cut"],
+    );
+    let Some(at) = gone? else {
+        bail!(
+            "{}'s default route still lists {nh} after {timeout:?}",
+            a.host_ns
+        );
+    };
+    restored.with_context(|| format!("cannot restore {} in {}", a.dev, a.router_ns))?;
+    let e = at.saturating_duration_since(t0);
+    println!(
+        "failover_ms={:.1} after_cut_ms={:.1} cut_cmd_ms={:.1}",
+        e.as_secs_f64() * 1e3,
+        e.saturating_sub(in_place).as_secs_f64() * 1e3,
+        in_place.as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 fn flows_snapshot(st: &State) -> Option<Report> {
@@ -897,30 +934,40 @@ fn measure(a: RouterArgs, ev: Event) -> anyhow::Result<()> {
     let before = flows_snapshot(&st);
     let timeout = Duration::from_secs(a.timeout);
 
+    // Watched over netlink, subscribed before the change: the figures run
+    // from the nft command's start (like ../shared/bench/failover-measure.sh)
+    // and from its return (the cut in place) to the route notification.
+    let lan = r.lan_addr;
+    let fail = matches!(ev, Event::Fail);
+    let watch = watch::Watch::start(host, move |nhs| nhs.contains(&lan) != fail, timeout)?;
     let t0 = Instant::now();
-    let (what, key, elapsed) = match ev {
+    let (what, key) = match ev {
         Event::Fail => {
             cut(&r)?;
-            st.cut.push(r.name.to_string());
-            st.save()?;
-            println!(
-                "{}: LAN link {} cut (all frames dropped both ways, no RST)",
-                r.name, r.lan_if
-            );
-            let lan = r.lan_addr;
-            let e = wait_route(host, t0, timeout, |nhs| !nhs.contains(&lan))?;
-            ("failover", "failover_ms", e)
+            ("failover", "failover_ms")
         }
         Event::Heal => {
             uncut(&r)?;
-            st.cut.retain(|c| c != r.name);
-            st.save()?;
-            println!("{}: LAN link {} restored", r.name, r.lan_if);
-            let lan = r.lan_addr;
-            let e = wait_route(host, t0, timeout, |nhs| nhs.contains(&lan))?;
-            ("heal", "heal_ms", e)
+            ("heal", "heal_ms")
         }
     };
+    let in_place = Instant::now();
+    if fail {
+        st.cut.push(r.name.to_string());
+    } else {
+        st.cut.retain(|c| c != r.name);
+    }
+    st.save()?;
+    if fail {
+        println!(
+            "{}: LAN link {} cut (all frames dropped both ways, no RST)",
+            r.name, r.lan_if
+        );
+    } else {
+        println!("{}: LAN link {} restored", r.name, r.lan_if);
+    }
+    let elapsed = watch.wait()?.map(|at| at.saturating_duration_since(t0));
+    let after_cut = elapsed.map(|e| e.saturating_sub(in_place.saturating_duration_since(t0)));
     let Some(elapsed) = elapsed else {
         let hint = match ev {
             Event::Fail => format!(
@@ -942,18 +989,22 @@ fn measure(a: RouterArgs, ev: Event) -> anyhow::Result<()> {
         );
     };
     let ms = elapsed.as_millis();
+    let nft_ms = in_place.saturating_duration_since(t0).as_millis();
+    let after_ms = after_cut.map_or(0, |d| d.as_millis());
     let now: Vec<String> = route::defaults(host)?
         .iter()
         .map(|d| format!("proto {} via [{}]", d.protocol, join(&d.nexthops)))
         .collect();
     println!(
-        "{what}: the host's default route {} {} after {ms} ms; now: {}",
+        "{what}: the host's default route {} {} after {ms} ms ({after_ms} ms after the nft \
+         command that {} returned; it took {nft_ms} ms); now: {}",
         if matches!(ev, Event::Fail) {
             "dropped"
         } else {
             "lists"
         },
         r.name,
+        if fail { "cut it" } else { "restored it" },
         if now.is_empty() {
             "(no default route)".to_string()
         } else {
@@ -966,7 +1017,8 @@ fn measure(a: RouterArgs, ev: Event) -> anyhow::Result<()> {
         Event::Heal => "heal",
     };
     let mut machine = format!(
-        "lab-result event={event} topology={} router={} {key}={ms} settle_ms={}",
+        "lab-result event={event} topology={} router={} {key}={ms} after_cut_ms={after_ms} \
+         settle_ms={}",
         st.topology,
         r.name,
         a.settle * 1000

@@ -23,6 +23,7 @@ runs() {
   local i
   for i in $(seq "$RUNS"); do
     for _ in $(seq 600); do both_hops "$1" && break; sleep 0.1; done
+    both_hops "$1" || { echo "failover_ms=-1 (r1 not back in the default route)"; continue; }
     sleep 3
     "$HAGW" lab time-cut "$1" "$2" eth1 192.168.100.20 || echo "failover_ms=-1"
   done
@@ -33,12 +34,13 @@ summary() { # name limit_ms < lines
 import re, statistics, sys
 name, lim = sys.argv[1], int(sys.argv[2])
 t = sys.stdin.read()
-fo = [float(x) for x in re.findall(r"failover_ms=([\d.]+)", t)]
+allfo = [float(x) for x in re.findall(r"failover_ms=(-?[\d.]+)", t)]
+fo = [x for x in allfo if x >= 0]
 ac = [float(x) for x in re.findall(r"after_cut_ms=([\d.]+)", t)]
 if not fo: print(f"{name}: no result"); sys.exit()
 f = lambda v: f"{min(v):.1f} / {statistics.median(v):.1f} / {max(v):.1f} ms"
-print(f"{name}: {len(fo)} cuts; failover {f(fo)} ({sum(x <= lim for x in fo)} within {lim} ms); "
-      f"after the cut was in place {f(ac)}")
+print(f"{name}: {len(allfo)} cuts, {len(allfo) - len(fo)} failed; failover {f(fo)} "
+      f"({sum(x <= lim for x in fo)} of {len(allfo)} within {lim} ms); after the cut was in place {f(ac)}")
 ' "$1" "$2"
 }
 

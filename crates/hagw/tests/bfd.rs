@@ -159,7 +159,7 @@ fn interop_with_frr_bfdd_up_and_silent_cut() {
     });
 
     // unwatch: FRR hears AdminDown (it shows the peer down, diag admin down).
-    side.bfd.unwatch(ip("10.0.1.2"));
+    side.bfd.unwatch(ip("10.0.1.2"), rx);
     wait_until("FRR sees AdminDown", Duration::from_secs(5), || {
         frr.vtysh("show bfd peers").contains("Status: down")
     });
@@ -187,7 +187,15 @@ fn hagw_to_hagw_10ms_both_families_and_silent_cut() {
         println!("Up after {t:?}");
     }
     assert_eq!(*a4_again.borrow(), BfdState::Up);
-    drop(a4_again);
+    // Giving up a shared watch leaves the session to the other watcher.
+    a4.mark_unchanged();
+    sa.bfd.unwatch(ip("10.0.2.2"), a4_again);
+    std::thread::sleep(100 * MS);
+    assert!(
+        !a4.has_changed().unwrap_or(true),
+        "the shared session changed"
+    );
+    assert_eq!(sa.session("10.0.2.2").state, State::Up);
     for (s, peer) in [
         (&sa, "10.0.2.2"),
         (&sb, "10.0.2.1"),
@@ -440,7 +448,7 @@ fn a_lost_admin_down_is_repeated_so_the_peer_sees_no_failure() {
     let sa = Side::start(&a, 10 * MS, 3);
     let sb = Side::start(&b, 10 * MS, 3);
     let mut ra = sa.bfd.watch(ip("10.0.7.2"), ip("10.0.7.1"));
-    let _rb = sb.bfd.watch(ip("10.0.7.1"), ip("10.0.7.2"));
+    let rb = sb.bfd.watch(ip("10.0.7.1"), ip("10.0.7.2"));
     sa.wait_state(&mut ra, BfdState::Up, Duration::from_secs(10));
     wait_until("poll done", Duration::from_secs(5), || {
         !sa.session("10.0.7.2").poll_in_progress && !sb.session("10.0.7.1").poll_in_progress
@@ -454,7 +462,7 @@ fn a_lost_admin_down_is_repeated_so_the_peer_sees_no_failure() {
             }\n\
           }\n\
           EOF");
-    sb.bfd.unwatch(ip("10.0.7.1"));
+    sb.bfd.unwatch(ip("10.0.7.1"), rb);
     sa.wait_state(&mut ra, BfdState::Down, Duration::from_secs(2));
     std::thread::sleep(50 * MS);
     let st = sa.session("10.0.7.2");

@@ -299,7 +299,14 @@ fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
         .map_or(0, |a| a.iter().filter(|b| b["state"] == "Up").count());
     assert_eq!(up, 2, "both BFD sessions Up in hagw status: {st}");
     assert_eq!(st["bfd"][0]["detection_ms"], 30.0, "{st}");
-    assert_eq!(st["bfd_thread"], "SCHED_FIFO 10", "{st}");
+    // SCHED_FIFO where the machine allows it (one CPU, or a cgroup without
+    // real-time runtime, says why not).
+    let sched = st["bfd_thread"].as_str().unwrap_or_default();
+    eprintln!("BFD thread: {sched}");
+    assert!(
+        sched == "SCHED_FIFO 10" || sched.starts_with("normal ("),
+        "{st}"
+    );
     let t = Instant::now();
     lab.r1.sh("nft add table inet cut && nft add chain inet cut i '{ type filter hook input priority -300; }' && nft add chain inet cut o '{ type filter hook output priority -300; }' && nft add rule inet cut i iifname eth1 drop && nft add rule inet cut o oifname eth1 drop");
     wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(5));

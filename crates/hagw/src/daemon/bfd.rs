@@ -197,6 +197,8 @@ enum Cmd {
     Status(oneshot::Sender<(Vec<BfdSessionStatus>, BfdCounters)>),
     /// Answered once every removed session's AdminDown repeats are sent.
     Drain(oneshot::Sender<()>),
+    /// Removes every session, then answers like `Drain`.
+    Shutdown(oneshot::Sender<()>),
 }
 
 impl Bfd {
@@ -323,13 +325,32 @@ impl Bfd {
             .is_some_and(|w| w.remote_admin_down.load(Ordering::Acquire))
     }
 
-    /// Removes the session to `peer` (after sending AdminDown); its watchers
-    /// see `AdminDown`, then the channel closes.
-    pub fn unwatch(&self, peer: IpAddr) {
+    /// Gives up `rx`, a receiver of [`Bfd::watch`] for `peer`. If it was the
+    /// last one, the session goes now (AdminDown, repeated; see `Leaving`)
+    /// rather than at the next sweep; a session another watcher still holds
+    /// (the same peer's new connection) stays.
+    pub fn unwatch(&self, peer: IpAddr, rx: watch::Receiver<BfdState>) {
         let peer = peer.to_canonical();
-        let removed = self.shared.lock().remove(&peer);
+        drop(rx);
+        let removed = {
+            let mut m = self.shared.lock();
+            match m.get(&peer) {
+                Some(w) if w.tx.receiver_count() == 0 => m.remove(&peer),
+                _ => None,
+            }
+        };
         if let Some(w) = removed {
             self.send(Cmd::Remove { peer, gen: w.gen });
+        }
+    }
+
+    /// Takes every remaining session down (AdminDown, repeated) and waits,
+    /// at most `limit`, until the repeats are sent: the end of a daemon's
+    /// shutdown, whatever its peer tasks managed to do before.
+    pub async fn shutdown(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Cmd::Shutdown(tx)) {
+            let _ = tokio::time::timeout(limit, rx).await;
         }
     }
 
@@ -613,7 +634,10 @@ impl Driver {
                     Ok(c) => self.command(c),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        // Every handle is gone: say goodbye, repeats included.
+                        // Every handle is gone: say goodbye, repeats included
+                        // (port 3784 is let go first).
+                        self.rx4 = None;
+                        self.rx6 = None;
                         let peers: Vec<IpAddr> = self.sessions.keys().copied().collect();
                         for p in peers {
                             self.remove(p);
@@ -689,6 +713,18 @@ impl Driver {
             Cmd::Remove { peer, gen } => {
                 if self.sessions.get(&peer).is_some_and(|s| s.gen == gen) {
                     self.remove(peer);
+                }
+            }
+            Cmd::Shutdown(reply) => {
+                self.shared.lock().clear();
+                let peers: Vec<IpAddr> = self.sessions.keys().copied().collect();
+                for p in peers {
+                    self.remove(p);
+                }
+                if self.leaving.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    self.drains.push(reply);
                 }
             }
             Cmd::Drain(reply) => {
@@ -820,20 +856,21 @@ impl Driver {
             .and_then(|t| t.sock.as_ref())
             .and_then(|t| t.try_clone().ok());
         if let (Some(interval), Some(packet), Some(sock)) = (repeat, packet, sock) {
+            // The peer times out Detect Mult intervals after our last periodic
+            // packet, which may be most of an interval ago: repeat twice per
+            // interval, the first after a quarter, so that every repeat but
+            // the last lands inside that window.
+            let step = interval / 2;
             let covers = interval.saturating_mul(u32::from(self.cfg.detect_mult));
-            let left = if covers > LEAVING_MAX {
-                (LEAVING_MAX.as_nanos() / interval.as_nanos().max(1)) as u32
-            } else {
-                u32::from(self.cfg.detect_mult)
-            };
+            let left = (covers.min(LEAVING_MAX).as_nanos() / step.as_nanos().max(1)) as u32;
             if left > 0 {
                 self.leaving.retain(|l| l.peer != peer);
                 self.leaving.push(Leaving {
                     peer,
                     sock,
                     packet,
-                    interval,
-                    next: now + interval,
+                    interval: step,
+                    next: now + interval / 4,
                     left,
                 });
             }

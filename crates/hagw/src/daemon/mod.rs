@@ -289,9 +289,10 @@ async fn serve(
     }
     // Give peers a moment to send their Cease or close.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // And BFD to repeat its AdminDowns (the peers keep our BGP sessions).
+    // AdminDown on every BFD session left (repeated), so the peers keep our
+    // BGP sessions (RFC 5882 §3.2) even if a peer task is still stuck.
     if let Some(b) = &bfd {
-        b.drain(std::time::Duration::from_secs(1)).await;
+        b.shutdown(std::time::Duration::from_secs(1)).await;
     }
     // Pinned connections keep their router while we restart (GR): leave it.
     if let Some(p) = pinning.filter(|_| !graceful) {

@@ -843,10 +843,11 @@ impl Driver {
 
     async fn shutdown(&mut self) {
         let cease = self.task.shared.stop_cease.load(Ordering::Relaxed);
-        if let (Some(b), Some(_)) = (&self.task.bfd, self.bfd.take()) {
+        if let (Some(b), Some(rx)) = (&self.task.bfd, self.bfd.take()) {
             // AdminDown first, so the peer's BFD does not take its BGP down
-            // while we restart (RFC 5882 §3.2).
-            b.unwatch(self.task.shared.address);
+            // while we restart (RFC 5882 §3.2) — unless the same peer's new
+            // connection shares the session.
+            b.unwatch(self.task.shared.address, rx);
         }
         for i in 0..2 {
             if cease {

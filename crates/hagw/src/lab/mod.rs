@@ -761,7 +761,8 @@ fn time_cut(a: &TimeCutArgs) -> anyhow::Result<()> {
     }
     let nh = a.nexthop;
     let timeout = Duration::from_secs(a.timeout);
-    let w = watch::Watch::start(&a.host_ns, move |nhs| !nhs.contains(&nh), timeout)?;
+    let w = watch::Watch::start(&a.host_ns, move |nhs| !nhs.contains(&nh), timeout)
+        .with_context(|| format!("{} must list {nh} in its default route first", a.host_ns))?;
     let t0 = Instant::now();
     sys::nft_load(&a.router_ns, &cut_ruleset(&a.dev))
         .with_context(|| format!("cannot cut {} in {}", a.dev, a.router_ns))?;
@@ -939,7 +940,8 @@ fn measure(a: RouterArgs, ev: Event) -> anyhow::Result<()> {
     // and from its return (the cut in place) to the route notification.
     let lan = r.lan_addr;
     let fail = matches!(ev, Event::Fail);
-    let watch = watch::Watch::start(host, move |nhs| nhs.contains(&lan) != fail, timeout)?;
+    let watch = watch::Watch::start(host, move |nhs| nhs.contains(&lan) != fail, timeout)
+        .context("cannot watch the host's default route")?;
     let t0 = Instant::now();
     let (what, key) = match ev {
         Event::Fail => {

@@ -9,12 +9,11 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use hagw_kernel::netlink::{parse_route, NlSocket};
+use anyhow::{bail, Context};
+use hagw_kernel::monitor::{self, Event};
+use hagw_kernel::netlink::{parse_route, NlSocket, RTMGRP_IPV4_ROUTE};
 use nix::sched::{setns, CloneFlags};
 
-/// rtnetlink multicast group of IPv4 route changes.
-const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RT_TABLE_MAIN: u32 = 254;
 
 /// A watch started before the change it times.
@@ -25,7 +24,7 @@ pub struct Watch {
 impl Watch {
     /// Subscribes to `ns`'s route changes, then returns: from then on the
     /// first moment the main table's IPv4 default next hops satisfy `want`
-    /// is recorded (now, if they already do).
+    /// is recorded. Fails if they already do (nothing would be timed).
     pub fn start(
         ns: &str,
         want: impl Fn(&[Ipv4Addr]) -> bool + Send + 'static,
@@ -38,13 +37,15 @@ impl Watch {
             .name("hagw-lab-watch".into())
             .spawn(move || {
                 let r = watch(&path, &want, timeout, &ready_tx);
-                let _ = ready_tx.send(());
+                if let Err(e) = &r {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
+                }
                 let _ = done_tx.send(r);
             })
             .context("cannot start the route watcher thread")?;
         ready_rx
             .recv_timeout(Duration::from_secs(5))
-            .context("the route watcher did not start")?;
+            .context("the route watcher did not start")??;
         Ok(Watch { done })
     }
 
@@ -58,7 +59,7 @@ fn watch(
     path: &str,
     want: &dyn Fn(&[Ipv4Addr]) -> bool,
     timeout: Duration,
-    ready: &mpsc::Sender<()>,
+    ready: &mpsc::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<Option<Instant>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?;
     setns(f.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("cannot enter {path}"))?;
@@ -69,11 +70,12 @@ fn watch(
     rt.block_on(async {
         let mut events = NlSocket::open(RTMGRP_IPV4_ROUTE)?;
         let mut dumps = NlSocket::open(0)?;
-        let _ = ready.send(());
-        let deadline = tokio::time::Instant::now() + timeout;
-        if want(&defaults(&mut dumps).await?) {
-            return Ok(Some(Instant::now()));
+        let now = defaults(&mut dumps).await?;
+        if want(&now) {
+            bail!("the default route already is as awaited (next hops {now:?})");
         }
+        let _ = ready.send(Ok(()));
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let got = tokio::time::timeout_at(deadline, events.recv_raw()).await;
             let at = Instant::now();
@@ -82,12 +84,24 @@ fn watch(
                 // An overrun lost events: the dump below tells the state.
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
                 Ok(Err(e)) => return Err(e).context("route event socket"),
+                // Only a main-table default route change can be it (not,
+                // say, hagw's pinning tables).
+                Ok(Ok(buf)) if !main_default_changed(&buf) => continue,
                 Ok(Ok(_)) => {}
             }
             if want(&defaults(&mut dumps).await?) {
                 return Ok(Some(at));
             }
         }
+    })
+}
+
+fn main_default_changed(buf: &[u8]) -> bool {
+    monitor::decode(buf).into_iter().any(|e| match e {
+        Event::RouteAdded(r) | Event::RouteDeleted(r) => {
+            r.table == RT_TABLE_MAIN && r.prefix.prefix_len() == 0
+        }
+        _ => false,
     })
 }
 

@@ -399,6 +399,7 @@ impl Bfd {
 /// a second, tested) and the good ones still count — at the price of the core
 /// the flood costs. On a single CPU that could starve BGP itself, so there it
 /// stays an ordinary thread.
+///
 /// Returns how the thread is scheduled, for `hagw status`.
 fn set_realtime() -> String {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {

@@ -737,6 +737,8 @@ impl Driver {
     /// RFC 5882 §4.3.1: BFD Down brings the BGP session down at once — unless
     /// the peer said AdminDown (RFC 5882 §3.2: it is restarting its control
     /// plane or was disabled by hand, and the forwarding path may be fine).
+    /// Our own AdminDown (the session being removed, e.g. at our shutdown) is
+    /// no failure either.
     async fn on_bfd(&mut self, changed: Result<(), watch::error::RecvError>) {
         let Some(rx) = self.bfd.as_mut() else { return };
         if changed.is_err() {
@@ -746,7 +748,8 @@ impl Driver {
         let state = *rx.borrow_and_update();
         match state {
             BfdState::Up => self.bfd_was_up = true,
-            BfdState::Down | BfdState::AdminDown if self.bfd_was_up => {
+            BfdState::AdminDown => self.bfd_was_up = false,
+            BfdState::Down if self.bfd_was_up => {
                 self.bfd_was_up = false;
                 let peer = self.task.shared.address;
                 if self

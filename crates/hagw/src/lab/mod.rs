@@ -754,10 +754,26 @@ fn uncut(r: &Router) -> anyhow::Result<()> {
 
 fn time_cut(a: &TimeCutArgs) -> anyhow::Result<()> {
     require_root()?;
+    // Names go into a path and an nft ruleset: plain names only.
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+            && !s.starts_with('.')
+    };
     for ns in [&a.host_ns, &a.router_ns] {
+        if !plain(ns) {
+            bail!("namespace name {ns:?}: only letters, digits and - _ . @");
+        }
         if !sys::ns_exists(ns) {
             bail!("no network namespace {ns}");
         }
+    }
+    if !plain(&a.dev) || a.dev.len() > 15 {
+        bail!(
+            "interface name {:?}: at most 15 of letters, digits and - _ . @",
+            a.dev
+        );
     }
     let nh = a.nexthop;
     let timeout = Duration::from_secs(a.timeout);

@@ -475,5 +475,5 @@ fn a_lost_admin_down_is_repeated_so_the_peer_sees_no_failure() {
     assert_eq!(st.remote_state, State::AdminDown, "{st:?}");
     assert_eq!(st.local_diag, Diag::NEIGHBOR_SIGNALED_DOWN, "{st:?}");
     assert!(sa.bfd.peer_admin_down(ip("10.0.7.2")));
-    sb.rt.block_on(sb.bfd.drain(Duration::from_secs(1)));
+    sb.rt.block_on(sb.bfd.shutdown(Duration::from_secs(1)));
 }

@@ -195,9 +195,7 @@ enum Cmd {
         gen: u64,
     },
     Status(oneshot::Sender<(Vec<BfdSessionStatus>, BfdCounters)>),
-    /// Answered once every removed session's AdminDown repeats are sent.
-    Drain(oneshot::Sender<()>),
-    /// Removes every session, then answers like `Drain`.
+    /// Removes every session; answered once the AdminDown repeats are sent.
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -361,16 +359,6 @@ impl Bfd {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// Waits (at most `limit`) until the AdminDown of every removed session
-    /// has been repeated: call it after the last `unwatch` of a shutdown, so
-    /// the process does not exit under them.
-    pub async fn drain(&self, limit: Duration) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Cmd::Drain(tx)) {
-            let _ = tokio::time::timeout(limit, rx).await;
-        }
     }
 
     /// Every session, by peer address.
@@ -722,13 +710,6 @@ impl Driver {
                 for p in peers {
                     self.remove(p);
                 }
-                if self.leaving.is_empty() {
-                    let _ = reply.send(());
-                } else {
-                    self.drains.push(reply);
-                }
-            }
-            Cmd::Drain(reply) => {
                 if self.leaving.is_empty() {
                     let _ = reply.send(());
                 } else {

@@ -261,21 +261,31 @@ fn hagw_to_hagw_10ms_both_families_and_silent_cut() {
     });
 }
 
-/// Two hagw sides Up at 50 ms; returns the sides, a's watch on b, and the
-/// discriminators (a's, b's) of that session.
+/// Two hagw sides Up at 50 ms; returns the sides, a's watch on b and b's on
+/// a, and the discriminators (a's, b's) of that session.
 fn up_pair(
     a: &Netns,
     b: &Netns,
     net: u8,
 ) -> (Side, Side, Vec<watch::Receiver<BfdState>>, u32, u32) {
-    let sa = Side::start(a, 50 * MS, 3);
-    let sb = Side::start(b, 50 * MS, 3);
+    up_pair_at(a, b, net, 50 * MS)
+}
+
+/// [`up_pair`] at `interval`, both sides past their Poll Sequence.
+fn up_pair_at(
+    a: &Netns,
+    b: &Netns,
+    net: u8,
+    interval: Duration,
+) -> (Side, Side, Vec<watch::Receiver<BfdState>>, u32, u32) {
+    let sa = Side::start(a, interval, 3);
+    let sb = Side::start(b, interval, 3);
     let (pa, pb) = (format!("10.0.{net}.1"), format!("10.0.{net}.2"));
     let mut ra = sa.bfd.watch(ip(&pb), ip(&pa));
     let rb = sb.bfd.watch(ip(&pa), ip(&pb));
     sa.wait_state(&mut ra, BfdState::Up, Duration::from_secs(10));
     wait_until("poll done", Duration::from_secs(5), || {
-        !sa.session(&pb).poll_in_progress
+        !sa.session(&pb).poll_in_progress && !sb.session(&pa).poll_in_progress
     });
     let st = sa.session(&pb);
     let (da, db) = (st.local_disc, st.remote_disc);
@@ -395,14 +405,8 @@ fn malformed_auth_and_unknown_peer_packets_are_dropped_and_counted() {
 #[test]
 fn a_flood_of_bad_packets_neither_flaps_a_10ms_session_nor_stops_it() {
     let (a, b) = pair("bfdflood", 6);
-    let sa = Side::start(&a, 10 * MS, 3);
-    let sb = Side::start(&b, 10 * MS, 3);
-    let mut ra = sa.bfd.watch(ip("10.0.6.2"), ip("10.0.6.1"));
-    let _rb = sb.bfd.watch(ip("10.0.6.1"), ip("10.0.6.2"));
-    sa.wait_state(&mut ra, BfdState::Up, Duration::from_secs(10));
-    wait_until("poll done", Duration::from_secs(5), || {
-        !sa.session("10.0.6.2").poll_in_progress
-    });
+    let (sa, _sb, mut rx, _, _) = up_pair_at(&a, &b, 6, 10 * MS);
+    let ra = &mut rx[0];
     ra.mark_unchanged();
     let before = sa.session("10.0.6.2").counters;
     // One second of version-2 packets from the peer's own address, TTL 255,
@@ -445,14 +449,9 @@ fn a_flood_of_bad_packets_neither_flaps_a_10ms_session_nor_stops_it() {
 #[test]
 fn a_lost_admin_down_is_repeated_so_the_peer_sees_no_failure() {
     let (a, b) = pair("bfdadm", 7);
-    let sa = Side::start(&a, 10 * MS, 3);
-    let sb = Side::start(&b, 10 * MS, 3);
-    let mut ra = sa.bfd.watch(ip("10.0.7.2"), ip("10.0.7.1"));
-    let rb = sb.bfd.watch(ip("10.0.7.1"), ip("10.0.7.2"));
-    sa.wait_state(&mut ra, BfdState::Up, Duration::from_secs(10));
-    wait_until("poll done", Duration::from_secs(5), || {
-        !sa.session("10.0.7.2").poll_in_progress && !sb.session("10.0.7.1").poll_in_progress
-    });
+    let (sa, sb, mut rx, _, _) = up_pair_at(&a, &b, 7, 10 * MS);
+    let rb = rx.pop().expect("b's watch");
+    let ra = &mut rx[0];
     // b's first AdminDown (State bits 00) is dropped on its way out.
     b.sh("nft -f - <<'EOF'\n\
           table inet hgtdrop {\n\
@@ -463,7 +462,7 @@ fn a_lost_admin_down_is_repeated_so_the_peer_sees_no_failure() {
           }\n\
           EOF");
     sb.bfd.unwatch(ip("10.0.7.1"), rb);
-    sa.wait_state(&mut ra, BfdState::Down, Duration::from_secs(2));
+    sa.wait_state(ra, BfdState::Down, Duration::from_secs(2));
     std::thread::sleep(50 * MS);
     let st = sa.session("10.0.7.2");
     let dropped = b.sh("nft list chain inet hgtdrop out");

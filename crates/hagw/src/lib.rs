@@ -50,14 +50,12 @@ pub fn status_text(st: &control::Status) -> String {
         }
     }
     if !st.bfd.is_empty() {
-        match &st.bfd_thread {
-            Some(t) => {
-                let _ = writeln!(s, "\nbfd (thread: {t})");
-            }
-            None => {
-                let _ = writeln!(s, "\nbfd");
-            }
-        }
+        let thread = st
+            .bfd_thread
+            .as_ref()
+            .map(|t| format!(" (thread: {t})"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "\nbfd{thread}");
         for b in &st.bfd {
             let _ = writeln!(
                 s,

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 pub mod fib;
 pub mod monitor;
 pub mod netlink;
+pub mod nft;
 pub mod pinning;
 pub mod policy;
 pub mod sysctl;

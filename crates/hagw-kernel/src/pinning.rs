@@ -65,7 +65,6 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
 };
 use tokio::{
-    io::AsyncWriteExt,
     sync::{mpsc, oneshot},
     time::Instant,
 };
@@ -74,6 +73,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     fib::Nexthop,
     netlink::{build_delete_exact, build_route, parse_route, NlSocket, Request},
+    nft::{Family, Nft, NftError, Table},
     KernelError, RTPROT_HAGW,
 };
 
@@ -91,8 +91,6 @@ pub const DEFAULT_NFT_TABLE: &str = "hagw_pin";
 const RETRY: Duration = Duration::from_secs(1);
 /// Period of the safety resync (dump rules and routes, reload the nft table).
 const RESYNC_PERIOD: Duration = Duration::from_secs(30);
-/// Longest an `nft` run may take.
-const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A router that left needs no nft change to be unpinned (its rule is gone,
 /// and a dead next hop is never chosen again): the reload, a process that
 /// takes a core for ~15 ms, waits this long so it stays off the failover's
@@ -147,8 +145,8 @@ pub enum PinError {
     Kernel(#[from] KernelError),
     #[error("netlink: {0}")]
     Io(#[from] std::io::Error),
-    #[error("nft: {0}")]
-    Nft(String),
+    #[error(transparent)]
+    Nft(#[from] NftError),
 }
 
 /// The mark bits hagw uses: slot `n` is the value `n << shift` inside `mask`.
@@ -235,14 +233,9 @@ impl Pinning {
                 slots: space.slots(),
             });
         }
-        if cfg.nft_table.is_empty()
-            || !cfg
-                .nft_table
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(PinError::TableName(cfg.nft_table));
-        }
+        let nft_table = Table::new(Family::Inet, &cfg.nft_table)
+            .map_err(|_| PinError::TableName(cfg.nft_table.clone()))?;
+        let nft = Nft::new(&cfg.nft);
         let sock = NlSocket::open(0)?;
         let mut st = State {
             slots: Slots::new(space),
@@ -251,6 +244,8 @@ impl Pinning {
             sock,
             desired: BTreeMap::new(),
             installed: BTreeMap::new(),
+            nft,
+            nft_table,
             nft_loaded: None,
             nft_routers: BTreeSet::new(),
             nft_due: None,
@@ -262,7 +257,7 @@ impl Pinning {
             st.adopting = true;
         } else {
             st.cleanup(true).await?;
-            st.nft_remove().await.map_err(PinError::Nft)?;
+            st.nft_remove().await?;
             st.apply().await;
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -379,6 +374,8 @@ struct State {
     /// Desired next hops per family (false: IPv4, true: IPv6).
     desired: BTreeMap<bool, Vec<Nexthop>>,
     installed: BTreeMap<Nexthop, Installed>,
+    nft: Nft,
+    nft_table: Table,
     /// The ruleset last loaded successfully, and for which routers.
     nft_loaded: Option<String>,
     nft_routers: BTreeSet<(Nexthop, u32)>,
@@ -461,12 +458,15 @@ fn parse_rule(m: &RuleMessage) -> KernelRule {
 
 /// The nftables script for the active routers (`(next hop, slot)`): one
 /// transaction that creates, deletes and re-creates the table.
-pub fn ruleset(table: &str, space: MarkSpace, routers: &[(Nexthop, u32)]) -> String {
+pub fn ruleset(table: &Table, space: MarkSpace, routers: &[(Nexthop, u32)]) -> String {
+    table.replace_script(&ruleset_body(space, routers))
+}
+
+/// The inside of the pinning table (see [`ruleset`]).
+fn ruleset_body(space: MarkSpace, routers: &[(Nexthop, u32)]) -> String {
     let mask = space.mask();
     let keep = !mask;
     let mut s = String::new();
-    let _ = writeln!(s, "table inet {table} {{}}\ndelete table inet {table}");
-    let _ = writeln!(s, "table inet {table} {{");
     let slots: BTreeSet<u32> = routers.iter().map(|(_, s)| *s).collect();
     for slot in &slots {
         let mark = space.mark(*slot);
@@ -537,7 +537,7 @@ pub fn ruleset(table: &str, space: MarkSpace, routers: &[(Nexthop, u32)]) -> Str
             .collect();
         let _ = writeln!(s, "\t\t{rt} vmap {{ {} }}", entries.join(", "));
     }
-    let _ = writeln!(s, "\t}}\n}}");
+    let _ = writeln!(s, "\t}}");
     s
 }
 
@@ -661,40 +661,8 @@ impl State {
         Ok(())
     }
 
-    async fn nft_run(&self, script: &str) -> Result<(), String> {
-        let mut child = tokio::process::Command::new(&self.cfg.nft)
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.cfg.nft))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .map_err(|e| format!("writing to nft: {e}"))?;
-        }
-        let out = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
-            .await
-            .map_err(|_| "nft timed out".to_string())?
-            .map_err(|e| format!("nft: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "nft -f - failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    async fn nft_remove(&mut self) -> Result<(), String> {
-        let t = &self.cfg.nft_table;
-        self.nft_run(&format!("table inet {t} {{}}\ndelete table inet {t}\n"))
-            .await?;
+    async fn nft_remove(&mut self) -> Result<(), NftError> {
+        self.nft.delete(&self.nft_table).await?;
         self.nft_loaded = None;
         Ok(())
     }
@@ -880,7 +848,7 @@ impl State {
             .filter(|(_, i)| i.route && i.rule)
             .map(|(nh, i)| (*nh, i.slot))
             .collect();
-        let script = ruleset(&self.cfg.nft_table, self.space, &active);
+        let script = ruleset(&self.nft_table, self.space, &active);
         if self.nft_loaded.as_deref() != Some(script.as_str()) {
             let now = Instant::now();
             let only_left =
@@ -893,7 +861,7 @@ impl State {
                 }
             }
             self.nft_due = None;
-            match self.nft_run(&script).await {
+            match self.nft.run(&script).await {
                 Ok(()) => {
                     debug!(routers = active.len(), "pinning nftables table loaded");
                     self.nft_loaded = Some(script);
@@ -1084,11 +1052,8 @@ mod tests {
     #[test]
     fn ruleset_text() {
         let m = MarkSpace::new(0xff00).expect("mask");
-        let r = ruleset(
-            "hagw_pin",
-            m,
-            &[(nh("192.168.100.20"), 1), (nh("2001:db8::1"), 2)],
-        );
+        let t = Table::new(Family::Inet, "hagw_pin").expect("name");
+        let r = ruleset(&t, m, &[(nh("192.168.100.20"), 1), (nh("2001:db8::1"), 2)]);
         assert!(r.starts_with("table inet hagw_pin {}\ndelete table inet hagw_pin\n"));
         assert!(r.contains("ct mark set ct mark and 0xffff00ff or 0x00000100"));
         assert!(r.contains("meta mark set meta mark and 0xffff00ff or 0x00000200"));
@@ -1099,7 +1064,7 @@ mod tests {
             "meta mark and 0x0000ff00 == 0 ct mark and 0x0000ff00 vmap { 0x00000100 : jump mark_1, 0x00000200 : jump mark_2 }"
         ));
         // No routers: empty base chains only.
-        let e = ruleset("hagw_pin", m, &[]);
+        let e = ruleset(&t, m, &[]);
         assert!(!e.contains("vmap"));
         assert!(e.contains("type route hook output"));
     }

@@ -28,18 +28,16 @@ use std::{
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{route::RouteType, RouteNetlinkMessage};
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    monitor::{self, Event},
     netlink::{
-        build_delete, build_delete_exact, build_route, parse_route, KernelRoute, NlError, NlSocket,
-        Request, RT_TABLE_MAIN,
+        build_delete, build_delete_exact, build_route,
+        events::{self, Event},
+        parse_route, KernelRoute, Nexthop, NlError, NlSocket, Request, RT_TABLE_MAIN,
     },
+    reconcile::{self, Handle, Reconciler},
     KernelError, RTPROT_HAGW,
 };
 
@@ -110,60 +108,36 @@ impl Default for FibConfig {
     }
 }
 
-/// A next hop. IPv6 link-local next hops need `ifindex`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Nexthop {
-    pub addr: IpAddr,
-    pub ifindex: Option<u32>,
-}
-
-impl Nexthop {
-    pub fn new(addr: IpAddr) -> Self {
-        Nexthop {
-            addr,
-            ifindex: None,
-        }
-    }
-
-    pub fn with_ifindex(addr: IpAddr, ifindex: u32) -> Self {
-        Nexthop {
-            addr,
-            ifindex: Some(ifindex),
-        }
-    }
-
-    /// Whether a next hop the kernel reports (`kernel`, always with an
-    /// interface) is this one.
-    pub(crate) fn matches(&self, kernel: &Nexthop) -> bool {
-        self.addr == kernel.addr && (self.ifindex.is_none() || self.ifindex == kernel.ifindex)
-    }
-}
-
-impl std::fmt::Display for Nexthop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.ifindex {
-            Some(i) => write!(f, "{}%{}", self.addr, i),
-            None => write!(f, "{}", self.addr),
-        }
-    }
-}
-
 /// One line of [`FibSync::snapshot`]: prefix, next hops believed installed,
 /// last error.
 pub type SnapshotEntry = (IpNet, Vec<IpAddr>, Option<String>);
 
-enum Cmd {
-    Set(IpNet, Vec<Nexthop>),
-    Snapshot(oneshot::Sender<Vec<SnapshotEntry>>),
+/// Who wants a route. Several owners may want the same prefix: the first
+/// in this order with next hops wins, so a dynamic source beats a static one
+/// (a configured static is the fallback for when BGP has nothing) and each
+/// feature can withdraw its own wish without erasing another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteOwner {
+    /// BGP best paths (the RIB's multipath sets).
+    Bgp,
+    /// Virtual networks (the VMs behind a host's bridges).
+    Vnet,
+    /// A VRRP instance while master.
+    Vrrp,
+    /// `[[kernel.static]]`.
+    Static,
+}
+
+pub enum Cmd {
+    Set(RouteOwner, IpNet, Vec<Nexthop>),
     PurgeStale,
-    Shutdown(bool, oneshot::Sender<()>),
 }
 
 /// A handle to a background task (spawned on the current tokio runtime)
 /// that owns the netlink sockets and keeps the kernel FIB in sync.
 #[derive(Clone, Debug)]
 pub struct FibSync {
-    tx: mpsc::UnboundedSender<Cmd>,
+    h: Handle<Cmd, Vec<SnapshotEntry>>,
 }
 
 impl FibSync {
@@ -174,14 +148,11 @@ impl FibSync {
     /// hagw writes RTA_MULTIPATH routes, never nexthop objects (see
     /// [`crate::netlink`]), so there are no nexthop objects to clean up.
     pub async fn start(cfg: FibConfig) -> Result<FibSync, KernelError> {
-        let events = monitor::open()?;
+        let events = events::open()?;
         let sock = NlSocket::open(0)?;
         let mut st = State::new(cfg, sock);
         for s in st.cfg.statics.clone() {
-            let prefix = s.prefix.trunc();
-            let nhs = vec![Nexthop::new(s.via)];
-            st.statics.insert(prefix, nhs.clone());
-            st.set(prefix, nhs);
+            st.set(RouteOwner::Static, s.prefix, vec![Nexthop::new(s.via)]);
         }
         st.resync(true)
             .await
@@ -190,48 +161,44 @@ impl FibSync {
                 source,
             })?;
         st.apply().await;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(st.run(rx, events));
-        Ok(FibSync { tx })
+        Ok(FibSync {
+            h: reconcile::spawn(st, Some(events)),
+        })
     }
 
-    /// Sets the desired next hops of `prefix`; an empty vec removes the route
-    /// (or falls back to the static route for that prefix, if any). Cheap:
+    /// Sets the next hops `owner` wants for `prefix`; an empty vec withdraws
+    /// its wish (the route goes, or falls back to another owner's). Cheap:
     /// the task coalesces bursts. Next hops are sorted, deduplicated and
     /// truncated to `max_paths`.
-    pub fn set_route(&self, prefix: IpNet, nexthops: Vec<Nexthop>) {
-        let _ = self.tx.send(Cmd::Set(prefix, nexthops));
+    pub fn set_route(&self, owner: RouteOwner, prefix: IpNet, nexthops: Vec<Nexthop>) {
+        self.h.send(Cmd::Set(owner, prefix, nexthops));
     }
 
     /// What the task believes is in the kernel: prefix, installed next hops,
     /// last error. Pending changes are applied first.
     pub async fn snapshot(&self) -> Vec<SnapshotEntry> {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Snapshot(tx)).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        self.h.snapshot().await
     }
 
     /// Deletes hagw routes kept from a previous run (`keep_stale`) that no
     /// `set_route` has taken over.
     pub fn purge_stale(&self) {
-        let _ = self.tx.send(Cmd::PurgeStale);
+        self.h.send(Cmd::PurgeStale);
     }
 
     /// Stops the task after applying pending changes; with `remove_routes`,
     /// deletes every route it installed first.
     pub async fn shutdown(&self, remove_routes: bool) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Shutdown(remove_routes, tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.h.shutdown(remove_routes).await
     }
 }
 
 #[derive(Debug, Default)]
 struct Entry {
-    /// Sorted, deduplicated, truncated. Empty: the route should not exist.
+    /// Every owner's wish, most preferred first (empty sets are not kept).
+    owners: Vec<(RouteOwner, Vec<Nexthop>)>,
+    /// The first owner's next hops: sorted, deduplicated, truncated. Empty:
+    /// the route should not exist.
     desired: Vec<Nexthop>,
     /// What we believe the kernel has (empty: no route of ours).
     installed: Vec<Nexthop>,
@@ -254,7 +221,6 @@ struct State {
     cfg: FibConfig,
     sock: NlSocket,
     routes: HashMap<IpNet, Entry>,
-    statics: HashMap<IpNet, Vec<Nexthop>>,
     dirty: HashSet<IpNet>,
     errored: HashSet<IpNet>,
     /// Foreign default routes to delete (DhcpDefault::Remove).
@@ -325,7 +291,6 @@ impl State {
             cfg,
             sock,
             routes: HashMap::new(),
-            statics: HashMap::new(),
             dirty: HashSet::new(),
             errored: HashSet::new(),
             foreign_del: Vec::new(),
@@ -351,41 +316,43 @@ impl State {
         self.resync_at = Some(self.resync_at.map_or(at, |t| t.min(at)));
     }
 
-    /// Records a new desired state for `prefix`.
-    fn set(&mut self, prefix: IpNet, mut nexthops: Vec<Nexthop>) {
+    /// Records `owner`'s wish for `prefix`.
+    fn set(&mut self, owner: RouteOwner, prefix: IpNet, mut nexthops: Vec<Nexthop>) {
         let prefix = prefix.trunc();
         nexthops.sort();
         nexthops.dedup();
         if self.cfg.max_paths > 0 {
             nexthops.truncate(self.cfg.max_paths);
         }
-        if nexthops.is_empty() {
-            if let Some(s) = self.statics.get(&prefix) {
-                nexthops = s.clone();
-            }
-        }
         let e = self.routes.entry(prefix).or_default();
         e.stale = false;
-        if e.desired == nexthops && e.installed == nexthops && e.error.is_none() {
+        match e.owners.iter().position(|(o, _)| *o == owner) {
+            Some(i) if nexthops.is_empty() => {
+                e.owners.remove(i);
+            }
+            Some(i) => e.owners[i].1 = nexthops,
+            None if nexthops.is_empty() => {}
+            None => {
+                e.owners.push((owner, nexthops));
+                e.owners.sort_by_key(|(o, _)| *o);
+            }
+        }
+        let want = e.owners.first().map(|(_, n)| n.as_slice()).unwrap_or(&[]);
+        if e.desired == want && e.installed == want && e.error.is_none() {
             return;
         }
-        if nexthops.is_empty() && e.installed.is_empty() {
+        if want.is_empty() && e.installed.is_empty() {
             self.routes.remove(&prefix);
             self.errored.remove(&prefix);
             return;
         }
-        e.desired = nexthops;
+        e.desired = want.to_vec();
         self.dirty.insert(prefix);
     }
 
-    fn handle(
-        &mut self,
-        cmd: Cmd,
-        snaps: &mut Vec<oneshot::Sender<Vec<SnapshotEntry>>>,
-    ) -> Option<(bool, oneshot::Sender<()>)> {
+    fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Set(p, nhs) => self.set(p, nhs),
-            Cmd::Snapshot(tx) => snaps.push(tx),
+            Cmd::Set(o, p, nhs) => self.set(o, p, nhs),
             Cmd::PurgeStale => {
                 for (p, e) in &mut self.routes {
                     if e.stale {
@@ -395,9 +362,7 @@ impl State {
                     }
                 }
             }
-            Cmd::Shutdown(remove, tx) => return Some((remove, tx)),
         }
-        None
     }
 
     fn snapshot(&self) -> Vec<SnapshotEntry> {
@@ -475,6 +440,7 @@ impl State {
                         self.routes.insert(
                             r.prefix,
                             Entry {
+                                owners: Vec::new(),
                                 desired: r.nexthops.clone(),
                                 installed: r.nexthops.clone(),
                                 error: None,
@@ -837,6 +803,7 @@ impl State {
                 }
             }
             Event::RouteAdded(_) | Event::RouteDeleted(_) => {}
+            Event::Neighbour { .. } => {}
             Event::Link { .. } | Event::LinkDeleted { .. } | Event::Address { .. } => {
                 self.schedule_resync(EVENT_RESYNC_DELAY)
             }
@@ -850,68 +817,10 @@ impl State {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, mut events: NlSocket) {
-        let mut tick = tokio::time::interval_at(Instant::now() + RESYNC_PERIOD, RESYNC_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut snaps = Vec::new();
-        let mut shutdown = None;
-        loop {
-            let deadline = self.resync_at;
-            tokio::select! {
-                biased;
-                evs = monitor::next_skipping_own(&mut events, self.cfg.protocol) => match evs {
-                    Ok(evs) => for ev in evs { self.on_event(ev) },
-                    Err(e) => {
-                        error!(error = %e, "netlink event socket failed");
-                        self.schedule_resync(Duration::from_secs(1));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                cmd = rx.recv() => match cmd {
-                    None => {
-                        // Every handle dropped: leave the routes in place.
-                        self.apply().await;
-                        return;
-                    }
-                    Some(cmd) => {
-                        shutdown = shutdown.or(self.handle(cmd, &mut snaps));
-                        while let Ok(cmd) = rx.try_recv() {
-                            shutdown = shutdown.or(self.handle(cmd, &mut snaps));
-                        }
-                    }
-                },
-                _ = async { match deadline {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                } } => {
-                    self.resync_at = None;
-                    self.overrun_since = None;
-                    if let Err(e) = self.resync(false).await {
-                        error!(error = %e, "route resync failed");
-                        self.schedule_resync(Duration::from_secs(1));
-                    }
-                },
-                _ = tick.tick() => {
-                    if let Err(e) = self.resync(false).await {
-                        error!(error = %e, "route resync failed");
-                        self.schedule_resync(Duration::from_secs(1));
-                    }
-                },
-            }
-            self.apply().await;
-            if !snaps.is_empty() {
-                let snap = self.snapshot();
-                for tx in snaps.drain(..) {
-                    let _ = tx.send(snap.clone());
-                }
-            }
-            if let Some((remove, tx)) = shutdown.take() {
-                if remove {
-                    self.remove_all().await;
-                }
-                let _ = tx.send(());
-                return;
-            }
+    async fn resync_logged(&mut self) {
+        if let Err(e) = self.resync(false).await {
+            error!(error = %e, "route resync failed");
+            self.schedule_resync(Duration::from_secs(1));
         }
     }
 
@@ -944,5 +853,58 @@ impl State {
             Err(e) => error!(error = %e, "cannot remove routes at shutdown"),
         }
         self.routes.clear();
+    }
+}
+
+impl Reconciler for State {
+    type Cmd = Cmd;
+    type Snapshot = Vec<SnapshotEntry>;
+
+    fn on_datagram(&mut self, buf: &[u8]) {
+        // Our own additions echo back by the 100k: dropped before parsing.
+        for ev in events::decode_skipping_own(buf, self.cfg.protocol) {
+            self.on_event(ev);
+        }
+    }
+
+    fn on_overrun(&mut self) {
+        self.on_event(Event::Overrun);
+    }
+
+    fn on_command(&mut self, cmd: Cmd) {
+        self.handle(cmd);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.resync_at
+    }
+
+    async fn on_deadline(&mut self) {
+        self.resync_at = None;
+        self.overrun_since = None;
+        self.resync_logged().await;
+    }
+
+    async fn on_tick(&mut self) {
+        self.resync_logged().await;
+    }
+
+    async fn apply(&mut self) {
+        State::apply(self).await;
+    }
+
+    fn snapshot(&self) -> Vec<SnapshotEntry> {
+        State::snapshot(self)
+    }
+
+    async fn shutdown(&mut self, remove: bool) {
+        if remove {
+            self.remove_all().await;
+        }
+    }
+
+    /// Every handle dropped: pending changes go in, the routes stay.
+    async fn on_orphaned(&mut self) {
+        State::apply(self).await;
     }
 }

@@ -5,26 +5,33 @@
 //! FIB match, and keeps it matching (hand deletions, link flaps, DHCP clients
 //! re-adding defaults, next hops becoming on-link later).
 //!
-//! * [`fib`] — the FibSync reconciler (desired state, batching, event handling).
-//! * [`netlink`] — raw rtnetlink route operations: a pipelining request socket,
-//!   dumps, message building and parsing, [`ifindex`].
-//! * [`monitor`] — decoding of rtnetlink multicast events (routes, links, addresses).
-//! * [`sysctl`] — `/proc/sys` knobs such as [`set_multipath_hash_policy`].
+//! * [`netlink`] — the one netlink layer: a pipelining request socket, and
+//!   per object (route, rule, address, link and bridge, neighbour) the message
+//!   builders and parsers every feature shares; events; a whole-system dump.
+//! * [`nft`] — the one place `nft` runs: tables owned by name, replaced
+//!   atomically, counters read back.
+//! * [`reconcile`] — the loop every reconciler runs in (commands, events,
+//!   deadlines, periodic resync, snapshot, shutdown).
+//! * [`fib`] — FibSync: routes by owner (BGP, statics, VRRP, virtual networks).
+//! * [`pinning`] — connection pinning (fwmark rules, per-router tables, nft).
+//! * [`policy_routing`] — per-NIC source policy routing.
+//! * [`sysctl`] — `/proc/sys` knobs, global and per interface.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 pub mod fib;
-pub mod monitor;
 pub mod netlink;
 pub mod nft;
 pub mod pinning;
-pub mod policy;
+pub mod policy_routing;
+pub mod reconcile;
 pub mod sysctl;
 
-pub use fib::{DhcpDefault, FibConfig, FibSync, Nexthop, StaticRoute};
+pub use fib::{DhcpDefault, FibConfig, FibSync, RouteOwner, StaticRoute};
 pub use netlink::ifindex;
+pub use netlink::Nexthop;
 pub use sysctl::set_multipath_hash_policy;
 
 /// hagw's own route protocol number (`rtm_protocol`). Routes carrying it are

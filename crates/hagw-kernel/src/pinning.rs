@@ -59,21 +59,17 @@ use std::{
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
-use netlink_packet_route::{
-    route::RouteProtocol,
-    rule::{RuleAction, RuleAttribute, RuleMessage},
-    AddressFamily, RouteNetlinkMessage,
-};
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
+use netlink_packet_route::RouteNetlinkMessage;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    fib::Nexthop,
-    netlink::{build_delete_exact, build_route, parse_route, NlSocket, Request},
+    netlink::{
+        build_delete_exact, build_route, build_rule, parse_route, parse_rule, KernelRule, Nexthop,
+        NlSocket, Request, Rule,
+    },
     nft::{Family, Nft, NftError, Table},
+    reconcile::{self, Handle, Reconciler},
     KernelError, RTPROT_HAGW,
 };
 
@@ -89,8 +85,6 @@ pub const DEFAULT_MARK_MASK: u32 = 0x0000_ff00;
 pub const DEFAULT_NFT_TABLE: &str = "hagw_pin";
 /// Retry delay after a failed operation.
 const RETRY: Duration = Duration::from_secs(1);
-/// Period of the safety resync (dump rules and routes, reload the nft table).
-const RESYNC_PERIOD: Duration = Duration::from_secs(30);
 /// A router that left needs no nft change to be unpinned (its rule is gone,
 /// and a dead next hop is never chosen again): the reload, a process that
 /// takes a core for ~15 ms, waits this long so it stays off the failover's
@@ -206,16 +200,13 @@ pub struct PinnedRouter {
     pub error: Option<String>,
 }
 
-enum Cmd {
-    Set(IpNet, Vec<Nexthop>),
-    Snapshot(oneshot::Sender<Vec<PinnedRouter>>),
-    Shutdown(oneshot::Sender<()>),
-}
+/// The next hops of a default route (its family is the prefix's).
+pub struct Cmd(IpNet, Vec<Nexthop>);
 
 /// A handle to the pinning task (spawned on the current tokio runtime).
 #[derive(Clone, Debug)]
 pub struct Pinning {
-    tx: mpsc::UnboundedSender<Cmd>,
+    h: Handle<Cmd, Vec<PinnedRouter>>,
 }
 
 impl Pinning {
@@ -260,34 +251,27 @@ impl Pinning {
             st.nft_remove().await?;
             st.apply().await;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(st.run(rx));
-        Ok(Pinning { tx })
+        Ok(Pinning {
+            h: reconcile::spawn(st, None),
+        })
     }
 
     /// The next hops of the default route `default` (0.0.0.0/0 or ::/0;
     /// other prefixes are ignored). Never blocks; bursts are coalesced.
     pub fn set_default(&self, default: IpNet, nexthops: Vec<Nexthop>) {
         if default.prefix_len() == 0 {
-            let _ = self.tx.send(Cmd::Set(default, nexthops));
+            self.h.send(Cmd(default, nexthops));
         }
     }
 
     /// The routers and their slots, after pending changes are applied.
     pub async fn snapshot(&self) -> Vec<PinnedRouter> {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Snapshot(tx)).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        self.h.snapshot().await
     }
 
     /// Removes everything (nft table, rules, tables) and stops the task.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.h.shutdown(true).await
     }
 }
 
@@ -393,67 +377,9 @@ fn default_of(nh: &Nexthop) -> IpNet {
     }
 }
 
-fn family_of(nh: &Nexthop) -> AddressFamily {
-    match nh.addr {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    }
-}
-
-/// The rule `priority P fwmark MARK/MASK lookup TABLE proto PROTO`.
-pub fn build_rule(
-    family: AddressFamily,
-    table: u32,
-    priority: u32,
-    mark: u32,
-    mask: u32,
-    protocol: u8,
-) -> RuleMessage {
-    let mut m = RuleMessage::default();
-    m.header.family = family;
-    m.header.action = RuleAction::ToTable;
-    m.header.table = u8::try_from(table).unwrap_or(0);
-    m.attributes = vec![
-        RuleAttribute::Table(table),
-        RuleAttribute::Priority(priority),
-        RuleAttribute::FwMark(mark),
-        RuleAttribute::FwMask(mask),
-        RuleAttribute::Protocol(RouteProtocol::from(protocol)),
-    ];
-    m
-}
-
-/// A rule as read from the kernel (the fields pinning cares about).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct KernelRule {
-    family: AddressFamily,
-    table: u32,
-    priority: u32,
-    protocol: u8,
-    mark: u32,
-    mask: u32,
-}
-
-fn parse_rule(m: &RuleMessage) -> KernelRule {
-    let mut r = KernelRule {
-        family: m.header.family,
-        table: u32::from(m.header.table),
-        priority: 0,
-        protocol: 0,
-        mark: 0,
-        mask: 0,
-    };
-    for a in &m.attributes {
-        match a {
-            RuleAttribute::Table(t) => r.table = *t,
-            RuleAttribute::Priority(p) => r.priority = *p,
-            RuleAttribute::Protocol(p) => r.protocol = u8::from(*p),
-            RuleAttribute::FwMark(v) => r.mark = *v,
-            RuleAttribute::FwMask(v) => r.mask = *v,
-            _ => {}
-        }
-    }
-    r
+/// The pinning rule of the router in `slot`.
+fn pin_rule(v6: bool, space: MarkSpace, slot: u32, base: u32, prio: u32) -> Rule {
+    Rule::fwmark(v6, space.mark(slot), space.mask(), base + slot, prio)
 }
 
 /// The nftables script for the active routers (`(next hop, slot)`): one
@@ -548,8 +474,8 @@ impl State {
 
     fn is_our_rule(&self, r: &KernelRule) -> bool {
         r.protocol == self.cfg.protocol
-            && r.priority == self.cfg.rule_priority
-            && self.range().contains(&r.table)
+            && r.rule.priority == self.cfg.rule_priority
+            && self.range().contains(&r.rule.table)
     }
 
     fn schedule_retry(&mut self) {
@@ -582,25 +508,29 @@ impl State {
         let mut found_rules = BTreeSet::new();
         let mut dels = Vec::new();
         for m in self.sock.dump_rules().await? {
-            let r = parse_rule(&m);
+            let Some(r) = parse_rule(m) else { continue };
             if !self.is_our_rule(&r) {
                 continue;
             }
-            let slot = r.table - self.cfg.table_base;
-            let wanted = self.installed.iter().any(|(nh, i)| {
-                i.rule
-                    && i.slot == slot
-                    && family_of(nh) == r.family
-                    && r.mark == self.space.mark(slot)
-                    && r.mask == self.space.mask()
-            });
-            if wanted && found_rules.insert((r.family == AddressFamily::Inet6, slot)) {
+            let slot = r.rule.table - self.cfg.table_base;
+            let wanted = !r.extra
+                && self.installed.iter().any(|(nh, i)| {
+                    i.rule
+                        && i.slot == slot
+                        && r.rule
+                            == pin_rule(
+                                nh.addr.is_ipv6(),
+                                self.space,
+                                slot,
+                                self.cfg.table_base,
+                                self.cfg.rule_priority,
+                            )
+                });
+            if wanted && found_rules.insert((r.rule.v6, slot)) {
                 continue;
             }
             dels.push(Request {
-                msg: RouteNetlinkMessage::DelRule(build_rule(
-                    r.family, r.table, r.priority, r.mark, r.mask, r.protocol,
-                )),
+                msg: RouteNetlinkMessage::DelRule(r.msg),
                 flags: 0,
             });
         }
@@ -681,7 +611,6 @@ impl State {
             self.cfg.rule_priority,
             self.cfg.protocol,
         );
-        let mask = self.space.mask();
         let want: BTreeSet<Nexthop> = self.desired.values().flatten().copied().collect();
 
         // Routers gone: rule first (their connections fall back to the
@@ -703,11 +632,7 @@ impl State {
             if i.rule {
                 reqs.push(Request {
                     msg: RouteNetlinkMessage::DelRule(build_rule(
-                        family_of(nh),
-                        table,
-                        prio,
-                        self.space.mark(i.slot),
-                        mask,
+                        &pin_rule(nh.addr.is_ipv6(), self.space, i.slot, base, prio),
                         proto,
                     )),
                     flags: 0,
@@ -809,11 +734,7 @@ impl State {
                 .iter()
                 .map(|(nh, slot)| Request {
                     msg: RouteNetlinkMessage::NewRule(build_rule(
-                        family_of(nh),
-                        base + slot,
-                        prio,
-                        self.space.mark(*slot),
-                        mask,
+                        &pin_rule(nh.addr.is_ipv6(), self.space, *slot, base, prio),
                         proto,
                     )),
                     flags: NLM_F_CREATE | NLM_F_EXCL,
@@ -893,27 +814,12 @@ impl State {
             .collect()
     }
 
-    fn handle(
-        &mut self,
-        cmd: Cmd,
-        snaps: &mut Vec<oneshot::Sender<Vec<PinnedRouter>>>,
-    ) -> Option<oneshot::Sender<()>> {
-        match cmd {
-            Cmd::Set(prefix, nhs) => {
-                let v6 = matches!(prefix, IpNet::V6(_));
-                let mut nhs: Vec<Nexthop> =
-                    nhs.into_iter().filter(|n| n.addr.is_ipv6() == v6).collect();
-                nhs.sort();
-                nhs.dedup();
-                self.desired.insert(v6, nhs);
-                None
-            }
-            Cmd::Snapshot(tx) => {
-                snaps.push(tx);
-                None
-            }
-            Cmd::Shutdown(tx) => Some(tx),
-        }
+    fn handle(&mut self, Cmd(prefix, nhs): Cmd) {
+        let v6 = matches!(prefix, IpNet::V6(_));
+        let mut nhs: Vec<Nexthop> = nhs.into_iter().filter(|n| n.addr.is_ipv6() == v6).collect();
+        nhs.sort();
+        nhs.dedup();
+        self.desired.insert(v6, nhs);
     }
 
     async fn remove_all(&mut self) {
@@ -924,73 +830,61 @@ impl State {
         }
         info!("connection pinning removed");
     }
+}
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let mut tick = tokio::time::interval_at(Instant::now() + RESYNC_PERIOD, RESYNC_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut snaps = Vec::new();
-        loop {
-            let deadline = self.retry_at;
-            let mut shutdown = None;
-            tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    // Every handle dropped: leave pinning in place (like FibSync).
-                    None => return,
-                    Some(cmd) => {
-                        shutdown = self.handle(cmd, &mut snaps);
-                        while let Ok(cmd) = rx.try_recv() {
-                            shutdown = shutdown.or(self.handle(cmd, &mut snaps));
-                        }
-                    }
-                },
-                _ = async { match deadline {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                } } => {
-                    self.retry_at = None;
-                },
-                _ = tick.tick(), if !self.adopting => {
-                    if let Err(e) = self.cleanup(false).await {
-                        error!(error = %e, "pinning resync failed");
-                        self.schedule_retry();
-                    }
-                    // Reload the nft table too (someone may have flushed it).
-                    self.nft_loaded = None;
-                },
-            }
-            if let Some(tx) = shutdown {
-                self.remove_all().await;
-                let _ = tx.send(());
+impl Reconciler for State {
+    type Cmd = Cmd;
+    type Snapshot = Vec<PinnedRouter>;
+
+    fn on_command(&mut self, cmd: Cmd) {
+        self.handle(cmd);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    async fn on_deadline(&mut self) {
+        self.retry_at = None;
+    }
+
+    async fn on_tick(&mut self) {
+        if self.adopting {
+            return;
+        }
+        if let Err(e) = self.cleanup(false).await {
+            error!(error = %e, "pinning resync failed");
+            self.schedule_retry();
+        }
+        // Reload the nft table too (someone may have flushed it).
+        self.nft_loaded = None;
+    }
+
+    async fn apply(&mut self) {
+        if self.adopting {
+            if self.desired.is_empty() {
+                // Still waiting for the first next-hop set: change nothing.
                 return;
             }
-            if self.adopting {
-                if self.desired.is_empty() {
-                    // Still waiting for the first next-hop set: answer
-                    // snapshots, change nothing.
-                    let snap = self.snapshot();
-                    for tx in snaps.drain(..) {
-                        let _ = tx.send(snap.clone());
-                    }
-                    continue;
-                }
-                // The routers are known again: install them into their old
-                // slots (existing rules and routes are taken as they are, the
-                // nft table is replaced atomically), then drop the rest.
-                self.adopting = false;
-                self.apply().await;
-                if let Err(e) = self.cleanup(false).await {
-                    error!(error = %e, "pinning: removing the previous run's leftovers failed");
-                    self.schedule_retry();
-                }
-            }
-            self.apply().await;
-            if !snaps.is_empty() {
-                let snap = self.snapshot();
-                for tx in snaps.drain(..) {
-                    let _ = tx.send(snap.clone());
-                }
+            // The routers are known again: install them into their old
+            // slots (existing rules and routes are taken as they are, the
+            // nft table is replaced atomically), then drop the rest.
+            self.adopting = false;
+            State::apply(self).await;
+            if let Err(e) = self.cleanup(false).await {
+                error!(error = %e, "pinning: removing the previous run's leftovers failed");
+                self.schedule_retry();
             }
         }
+        State::apply(self).await;
+    }
+
+    fn snapshot(&self) -> Vec<PinnedRouter> {
+        State::snapshot(self)
+    }
+
+    async fn shutdown(&mut self, _remove: bool) {
+        self.remove_all().await;
     }
 }
 

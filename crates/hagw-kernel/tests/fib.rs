@@ -13,7 +13,7 @@ use std::{
 
 use hagw_kernel::{
     ifindex, install_proto_name, set_multipath_hash_policy, DhcpDefault, FibConfig, FibSync,
-    Nexthop, StaticRoute, RTPROT_HAGW,
+    Nexthop, RouteOwner, StaticRoute, RTPROT_HAGW,
 };
 use hagw_testkit::Netns;
 use ipnet::IpNet;
@@ -114,7 +114,7 @@ fn multipath_default_route() {
     install_proto_name().unwrap();
     ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
-        fib.set_route(net("0.0.0.0/0"), vec![nh(B), nh(A)]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(B), nh(A)]);
         wait("default via A and B", SETTLE, || {
             our_gateways(&ns, "-4 route show default") == gws(&[A, B])
         })
@@ -139,7 +139,7 @@ fn replace_never_removes_route() {
     let ns = ns_with_link("repl");
     ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
-        fib.set_route(net("0.0.0.0/0"), vec![nh(A), nh(B)]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A), nh(B)]);
         wait("default via A and B", SETTLE, || {
             our_gateways(&ns, "-4 route show default") == gws(&[A, B])
         })
@@ -166,18 +166,18 @@ fn replace_never_removes_route() {
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         for _ in 0..5 {
-            fib.set_route(net("0.0.0.0/0"), vec![nh(A)]);
+            fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A)]);
             wait("default via A only", SETTLE, || {
                 our_gateways(&ns, "-4 route show default") == gws(&[A])
             })
             .await;
-            fib.set_route(net("0.0.0.0/0"), vec![nh(A), nh(B)]);
+            fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A), nh(B)]);
             wait("default via A and B", SETTLE, || {
                 our_gateways(&ns, "-4 route show default") == gws(&[A, B])
             })
             .await;
         }
-        fib.set_route(net("0.0.0.0/0"), vec![nh(A)]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A)]);
         wait("default via A only", SETTLE, || {
             our_gateways(&ns, "-4 route show default") == gws(&[A])
         })
@@ -201,7 +201,7 @@ fn replace_never_removes_route() {
         );
         assert!(log.contains("default"), "monitor saw the replaces:\n{log}");
 
-        fib.set_route(net("0.0.0.0/0"), vec![]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![]);
         wait("default removed", SETTLE, || {
             ours(&ns, "-4 route show default").is_empty()
         })
@@ -256,12 +256,12 @@ fn stale_routes_removed_at_start() {
         eprintln!("static restored after {took:?}");
         // A BGP route for the static's prefix overrides it; withdrawing it
         // falls back to the static.
-        fib.set_route(net("10.0.0.0/16"), vec![nh(A)]);
+        fib.set_route(RouteOwner::Bgp, net("10.0.0.0/16"), vec![nh(A)]);
         wait("static overridden", SETTLE, || {
             our_gateways(&ns, "-4 route show 10.0.0.0/16") == gws(&[A])
         })
         .await;
-        fib.set_route(net("10.0.0.0/16"), vec![]);
+        fib.set_route(RouteOwner::Bgp, net("10.0.0.0/16"), vec![]);
         wait("static back", SETTLE, || {
             our_gateways(&ns, "-4 route show 10.0.0.0/16") == gws(&["10.1.0.254"])
         })
@@ -285,7 +285,7 @@ fn dhcp_default_outrank() {
         })
         .await
         .unwrap();
-        fib.set_route(net("0.0.0.0/0"), vec![nh(A)]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A)]);
         wait("our default", SETTLE, || {
             our_gateways(&ns, "-4 route show default") == gws(&[A])
         })
@@ -313,7 +313,7 @@ fn dhcp_default_remove() {
         })
         .await
         .unwrap();
-        fib.set_route(net("0.0.0.0/0"), vec![nh(A)]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A)]);
         wait("our default", SETTLE, || {
             our_gateways(&ns, "-4 route show default") == gws(&[A])
         })
@@ -344,8 +344,8 @@ fn restores_deleted_route_and_after_link_flap() {
     let ns = ns_with_link("restore");
     ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
-        fib.set_route(net("0.0.0.0/0"), vec![nh(A), nh(B)]);
-        fib.set_route(net("10.99.0.0/16"), vec![nh(A)]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A), nh(B)]);
+        fib.set_route(RouteOwner::Bgp, net("10.99.0.0/16"), vec![nh(A)]);
         wait("routes", SETTLE, || {
             our_gateways(&ns, "-4 route show default") == gws(&[A, B])
                 && our_gateways(&ns, "-4 route show 10.99.0.0/16") == gws(&[A])
@@ -391,8 +391,8 @@ fn offlink_nexthop_joins_later() {
     let c = "10.2.0.2";
     ns.block_on(|| async {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
-        fib.set_route(net("0.0.0.0/0"), vec![nh(A), nh(c)]);
-        fib.set_route(net("10.98.0.0/16"), vec![nh(c)]);
+        fib.set_route(RouteOwner::Bgp, net("0.0.0.0/0"), vec![nh(A), nh(c)]);
+        fib.set_route(RouteOwner::Bgp, net("10.98.0.0/16"), vec![nh(c)]);
         wait("default via A", SETTLE, || {
             our_gateways(&ns, "-4 route show default") == gws(&[A])
         })
@@ -435,6 +435,7 @@ fn ipv6_link_local_multipath() {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         let (l1, l2) = (ip("fe80::1"), ip("fe80::2"));
         fib.set_route(
+            RouteOwner::Bgp,
             net("::/0"),
             vec![
                 Nexthop::with_ifindex(l2, idx),
@@ -442,7 +443,11 @@ fn ipv6_link_local_multipath() {
             ],
         );
         // Link-local without an interface: refused with an error, not sent.
-        fib.set_route(net("2001:db8:77::/48"), vec![nh("fe80::3")]);
+        fib.set_route(
+            RouteOwner::Bgp,
+            net("2001:db8:77::/48"),
+            vec![nh("fe80::3")],
+        );
         wait("v6 default via both", SETTLE, || {
             our_gateways(&ns, "-6 route show default") == gws(&["fe80::1", "fe80::2"])
         })
@@ -461,7 +466,11 @@ fn ipv6_link_local_multipath() {
         assert!(bad.2.as_deref().unwrap().contains("interface"), "{snap:?}");
 
         // Replace to one next hop, then the other family untouched.
-        fib.set_route(net("::/0"), vec![Nexthop::with_ifindex(l2, idx)]);
+        fib.set_route(
+            RouteOwner::Bgp,
+            net("::/0"),
+            vec![Nexthop::with_ifindex(l2, idx)],
+        );
         wait("v6 default via fe80::2", SETTLE, || {
             our_gateways(&ns, "-6 route show default") == gws(&["fe80::2"])
         })
@@ -518,7 +527,7 @@ fn burst(count: u32, table: u32) {
             .collect();
         let t0 = Instant::now();
         for p in &prefixes {
-            fib.set_route(*p, vec![nh(A)]);
+            fib.set_route(RouteOwner::Bgp, *p, vec![nh(A)]);
         }
         let queued = t0.elapsed();
         let snap = fib.snapshot().await;
@@ -537,7 +546,7 @@ fn burst(count: u32, table: u32) {
         );
         let t1 = Instant::now();
         for p in &prefixes {
-            fib.set_route(*p, vec![]);
+            fib.set_route(RouteOwner::Bgp, *p, vec![]);
         }
         assert!(fib.snapshot().await.is_empty());
         eprintln!("BURST {count} withdrawals applied after {:?}", t1.elapsed());
@@ -582,7 +591,7 @@ fn keep_stale_then_purge() {
         .await
         .unwrap();
         assert_eq!(ours(&ns, "-4 route show").len(), 2);
-        fib.set_route(net("10.51.0.0/16"), vec![nh(B)]);
+        fib.set_route(RouteOwner::Bgp, net("10.51.0.0/16"), vec![nh(B)]);
         wait("taken over", SETTLE, || {
             our_gateways(&ns, "-4 route show 10.51.0.0/16") == gws(&[B])
         })

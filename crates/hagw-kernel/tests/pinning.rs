@@ -14,7 +14,7 @@ use std::{
 
 use hagw_kernel::{
     pinning::{PinConfig, Pinning},
-    set_multipath_hash_policy, FibConfig, FibSync, Nexthop,
+    set_multipath_hash_policy, FibConfig, FibSync, Nexthop, RouteOwner,
 };
 use hagw_testkit::{addr, bridge, require_root, veth, Netns};
 use ipnet::IpNet;
@@ -337,7 +337,7 @@ fn scenario(pin: bool, f: Fam) -> Outcome {
         };
         let set = |nhs: Vec<Nexthop>| {
             // FIB first, then pinning, as the daemon does.
-            fib.set_route(default, nhs.clone());
+            fib.set_route(RouteOwner::Bgp, default, nhs.clone());
             if let Some(p) = &pinning {
                 p.set_default(default, nhs);
             }
@@ -615,7 +615,7 @@ fn foreign_mark_bits_are_preserved() {
         set_multipath_hash_policy(true).unwrap();
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         let pin = Pinning::start(PinConfig::default()).await.unwrap();
-        fib.set_route(default, vec![nh(RA), nh(RB)]);
+        fib.set_route(RouteOwner::Bgp, default, vec![nh(RA), nh(RB)]);
         pin.set_default(default, vec![nh(RA), nh(RB)]);
         fib.snapshot().await;
         wait_active(&pin, &[RA, RB]).await;
@@ -665,7 +665,7 @@ fn a_container_behind_the_host_keeps_working_with_pinning() {
     host.block_on(|| async move {
         let fib = FibSync::start(FibConfig::default()).await.unwrap();
         let pin = Pinning::start(PinConfig::default()).await.unwrap();
-        fib.set_route(default, vec![nh(RA), nh(RB)]);
+        fib.set_route(RouteOwner::Bgp, default, vec![nh(RA), nh(RB)]);
         pin.set_default(default, vec![nh(RA), nh(RB)]);
         wait_active(&pin, &[RA, RB]).await;
         let (ok, via) = ctr.run(|| {

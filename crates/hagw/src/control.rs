@@ -29,7 +29,7 @@ pub struct Status {
     pub bfd_thread: Option<String>,
     /// Multi-NIC source policy routing (`[policy_routing]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_routing: Option<crate::policy::PolicyStatus>,
+    pub policy_routing: Option<crate::policy_routing::PolicyStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod lab;
-pub mod policy;
+pub mod policy_routing;
 
 use std::fmt::Write;
 
@@ -114,7 +114,7 @@ pub fn status_text(st: &control::Status) -> String {
         }
     }
     if let Some(p) = &st.policy_routing {
-        s.push_str(&policy::status_text(p));
+        s.push_str(&policy_routing::status_text(p));
     }
     s
 }

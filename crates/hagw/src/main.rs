@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Check { config } => {
-            match config::load(&config).and_then(|c| hagw::policy::check_live(&config, c)) {
+            match config::load(&config).and_then(|c| hagw::policy_routing::check_live(&config, c)) {
                 Ok(_) => {
                     println!("{}: ok", config.display());
                     ExitCode::SUCCESS
@@ -72,7 +72,8 @@ fn main() -> ExitCode {
         }
         Cmd::Run { config, log } => {
             init_tracing(&log);
-            let cfg = match config::load(&config).and_then(|c| hagw::policy::check_live(&config, c))
+            let cfg = match config::load(&config)
+                .and_then(|c| hagw::policy_routing::check_live(&config, c))
             {
                 Ok(c) => c,
                 Err(e) => {

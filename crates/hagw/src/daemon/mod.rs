@@ -62,7 +62,7 @@ pub struct Daemon {
     rib: mpsc::UnboundedSender<RibEvent>,
     fib: Option<FibSync>,
     ranges: Vec<String>,
-    policy: Option<hagw_kernel::policy::PolicySync>,
+    policy: Option<hagw_kernel::policy_routing::PolicySync>,
     bfd: Option<bfd::Bfd>,
     pinning: Option<hagw_kernel::pinning::Pinning>,
 }
@@ -73,7 +73,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     // Policy routing first: its first plan sees the DHCP default (and so the
     // primary NIC) before `dhcp_default = "remove"` takes it away.
     let policy = match &cfg.policy_routing {
-        Some(p) if p.enabled => Some(crate::policy::start(p).await?),
+        Some(p) if p.enabled => Some(crate::policy_routing::start(p).await?),
         _ => None,
     };
     let r = serve(cfg, config_path, policy.clone()).await;
@@ -89,7 +89,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
 async fn serve(
     cfg: Config,
     config_path: Option<std::path::PathBuf>,
-    policy: Option<hagw_kernel::policy::PolicySync>,
+    policy: Option<hagw_kernel::policy_routing::PolicySync>,
 ) -> anyhow::Result<()> {
     let (rib_tx, rib_rx) = mpsc::unbounded_channel();
     let kernel = cfg.kernel.clone();
@@ -332,7 +332,7 @@ async fn start_pinning(k: &config::Kernel, adopt: bool) -> Option<hagw_kernel::p
 /// restart to apply it loses no traffic).
 fn reload_check(path: Option<&std::path::Path>) {
     let Some(path) = path else { return };
-    match config::load(path).and_then(|c| crate::policy::check_live(path, c)) {
+    match config::load(path).and_then(|c| crate::policy_routing::check_live(path, c)) {
         Err(e) => tracing::error!("SIGHUP: {e}\nkeeping the running config"),
         Ok(_) => tracing::warn!(
             "SIGHUP: {} is valid, but hagw does not apply config changes live yet; \
@@ -445,7 +445,7 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let policy_routing = match &self.policy {
-            Some(p) => Some(crate::policy::status(p).await),
+            Some(p) => Some(crate::policy_routing::status(p).await),
             None => None,
         };
         let bfd = match &self.bfd {

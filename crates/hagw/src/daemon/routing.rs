@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hagw_bgp::packet::{Update, AFI_IPV6};
 use hagw_bgp::rib::{Change, Path, Rib};
-use hagw_kernel::{pinning::Pinning, FibSync, Nexthop};
+use hagw_kernel::{pinning::Pinning, FibSync, Nexthop, RouteOwner};
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 
@@ -235,7 +235,7 @@ pub async fn run(
                 // FIB first; pinning follows the default route's next hops
                 // (a message to its task: never blocks).
                 let pin_nhs = (prefix.prefix_len() == 0).then(|| nhs.clone());
-                fib.set_route(prefix, nhs);
+                fib.set_route(RouteOwner::Bgp, prefix, nhs);
                 if let (Some(pin), Some(nhs)) = (&pin, pin_nhs) {
                     pin.set_default(prefix, nhs);
                 }

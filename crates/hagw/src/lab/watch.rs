@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hagw_kernel::monitor::{self, Event};
+use hagw_kernel::netlink::events::{self as monitor, Event};
 use hagw_kernel::netlink::{parse_route, NlSocket, RTMGRP_IPV4_ROUTE};
 use nix::sched::{setns, CloneFlags};
 

@@ -55,31 +55,28 @@ use std::{
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope},
-    link::{LinkAttribute, LinkFlags, LinkMessage},
-    route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-        RouteType,
-    },
-    rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage},
-    AddressFamily, RouteNetlinkMessage,
+    route::{RouteAttribute, RouteType},
+    rule::RuleMessage,
+    RouteNetlinkMessage,
 };
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    monitor::FIB_GROUPS,
-    netlink::{parse_datagram, parse_route, KernelRoute, NlSocket, Parsed, Request, RT_TABLE_MAIN},
+    netlink::{
+        addr::Addr,
+        build_rule,
+        events::FIB_GROUPS,
+        parse_datagram, parse_route,
+        route::{build_dev_route, dev_route_of},
+        view::{dump_view, SystemView},
+        DevRoute, KernelRoute, KernelRule, NlSocket, Parsed, Request, Rule, RTMGRP_IPV4_RULE,
+        RTMGRP_IPV6_RULE, RT_TABLE_MAIN,
+    },
+    reconcile::{self, Handle, Reconciler},
     KernelError, RTPROT_HAGW,
 };
 
-/// Multicast group bit of RTNLGRP_IPV4_RULE (8) for `bind`.
-pub const RTMGRP_IPV4_RULE: u32 = 1 << 7;
-/// Multicast group bit of RTNLGRP_IPV6_RULE (19) for `bind`.
-pub const RTMGRP_IPV6_RULE: u32 = 1 << 18;
 /// What the policy task listens to: links, addresses, routes, rules.
 pub const POLICY_GROUPS: u32 = FIB_GROUPS | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE;
 /// Priority of the kernel's `from all lookup main` rule: hagw's rules must
@@ -163,265 +160,8 @@ impl PolicyConfig {
 // ---------------------------------------------------------------------------
 // What the kernel has.
 
-/// A link as dumped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    /// IFF_UP.
-    pub up: bool,
-    pub loopback: bool,
-}
-
-/// An address as dumped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Addr {
-    pub index: u32,
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-    /// Scope global (not link-local, not host).
-    pub global: bool,
-    /// IFA_F_SECONDARY (IPv4).
-    pub secondary: bool,
-}
-
-impl Addr {
-    /// The subnet, when the address has one (not /32, /128).
-    fn subnet(&self) -> Option<IpNet> {
-        let full = if self.addr.is_ipv4() { 32 } else { 128 };
-        (self.prefix_len < full)
-            .then(|| {
-                IpNet::new(self.addr, self.prefix_len)
-                    .ok()
-                    .map(|n| n.trunc())
-            })
-            .flatten()
-    }
-}
-
-/// A policy rule as dumped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelRule {
-    pub src: Option<IpNet>,
-    pub table: u32,
-    pub priority: u32,
-    pub protocol: u8,
-    /// `lookup TABLE` (not goto, blackhole...).
-    pub to_table: bool,
-    /// Has selectors besides the source (dst, iif, fwmark...).
-    pub extra: bool,
-    pub msg: RuleMessage,
-}
-
-impl std::fmt::Display for KernelRule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: from ", self.priority)?;
-        match self.src {
-            Some(s) => write!(f, "{s}")?,
-            None => write!(f, "all")?,
-        }
-        write!(f, " lookup {} proto {}", self.table, self.protocol)
-    }
-}
-
-/// Everything the planner looks at.
-#[derive(Debug, Clone, Default)]
-pub struct SystemView {
-    pub links: Vec<Link>,
-    pub addrs: Vec<Addr>,
-    pub routes: Vec<KernelRoute>,
-    pub rules: Vec<KernelRule>,
-}
-
-impl SystemView {
-    fn link(&self, name: &str) -> Option<&Link> {
-        self.links.iter().find(|l| l.name == name)
-    }
-
-    /// IPv4 subnets of interface `index`, primary addresses first.
-    fn v4_subnets(&self, index: u32) -> Vec<(Ipv4Net, Ipv4Addr)> {
-        let mut addrs: Vec<&Addr> = self
-            .addrs
-            .iter()
-            .filter(|a| a.index == index && a.global && a.addr.is_ipv4())
-            .collect();
-        addrs.sort_by_key(|a| a.secondary);
-        let mut out: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
-        for a in addrs {
-            if let (Some(IpNet::V4(n)), IpAddr::V4(v4)) = (a.subnet(), a.addr) {
-                if !out.iter().any(|(o, _)| *o == n) {
-                    out.push((n, v4));
-                }
-            }
-        }
-        out
-    }
-}
-
-fn parse_link(m: LinkMessage) -> Link {
-    let name = m
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
-    Link {
-        index: m.header.index,
-        name,
-        up: m.header.flags.contains(LinkFlags::Up),
-        loopback: m.header.flags.contains(LinkFlags::Loopback),
-    }
-}
-
-fn parse_addr(m: AddressMessage) -> Option<Addr> {
-    let mut local = None;
-    let mut address = None;
-    let mut flags = AddressFlags::from_bits_retain(u32::from(m.header.flags.bits()));
-    for a in &m.attributes {
-        match a {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
-            AddressAttribute::Flags(f) => flags = *f,
-            _ => {}
-        }
-    }
-    // IPv4: IFA_LOCAL is ours (IFA_ADDRESS is the peer on point-to-point).
-    let addr = local.or(address)?;
-    Some(Addr {
-        index: m.header.index,
-        addr,
-        prefix_len: m.header.prefix_len,
-        global: m.header.scope == AddressScope::Universe
-            && !flags.contains(AddressFlags::Dadfailed)
-            && !addr.is_loopback(),
-        secondary: flags.contains(AddressFlags::Secondary)
-            || m.header.flags.contains(AddressHeaderFlags::Secondary),
-    })
-}
-
-/// Decodes a dumped rule (IPv4 / IPv6 only).
-pub fn parse_rule(msg: RuleMessage) -> Option<KernelRule> {
-    let h = &msg.header;
-    if !matches!(h.family, AddressFamily::Inet | AddressFamily::Inet6) {
-        return None;
-    }
-    let mut src = None;
-    let mut table = u32::from(h.table);
-    let mut priority = 0;
-    let mut protocol = 0;
-    let mut extra = h.dst_len != 0 || h.tos != 0;
-    for a in &msg.attributes {
-        match a {
-            RuleAttribute::Source(ip) => src = IpNet::new(*ip, h.src_len).ok(),
-            RuleAttribute::Table(t) => table = *t,
-            RuleAttribute::Priority(p) => priority = *p,
-            RuleAttribute::Protocol(p) => protocol = u8::from(*p),
-            RuleAttribute::Destination(_)
-            | RuleAttribute::Iifname(_)
-            | RuleAttribute::Oifname(_)
-            | RuleAttribute::FwMark(_)
-            | RuleAttribute::IpProtocol(_)
-            | RuleAttribute::SourcePortRange(_)
-            | RuleAttribute::DestinationPortRange(_)
-            | RuleAttribute::L3MDev(true)
-            | RuleAttribute::TunId(_) => extra = true,
-            _ => {}
-        }
-    }
-    let to_table = h.action == RuleAction::ToTable;
-    Some(KernelRule {
-        src,
-        table,
-        priority,
-        protocol,
-        to_table,
-        extra,
-        msg,
-    })
-}
-
-/// Reads links, addresses, routes and rules over `sock`.
-pub async fn dump_view(sock: &mut NlSocket) -> std::io::Result<SystemView> {
-    let mut view = SystemView::default();
-    for m in sock
-        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
-        .await?
-    {
-        if let RouteNetlinkMessage::NewLink(l) = m {
-            view.links.push(parse_link(l));
-        }
-    }
-    view.links.sort_by_key(|l| l.index);
-    for m in sock
-        .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))
-        .await?
-    {
-        if let RouteNetlinkMessage::NewAddress(a) = m {
-            view.addrs.extend(parse_addr(a));
-        }
-    }
-    view.routes = sock
-        .dump_routes()
-        .await?
-        .into_iter()
-        .filter_map(parse_route)
-        .collect();
-    for m in sock
-        .dump(RouteNetlinkMessage::GetRule(RuleMessage::default()))
-        .await?
-    {
-        if let RouteNetlinkMessage::NewRule(r) = m {
-            view.rules.extend(parse_rule(r));
-        }
-    }
-    Ok(view)
-}
-
-/// Reads the system once (for `hagw check`), in the calling thread's
-/// network namespace. Needs a tokio runtime with IO enabled.
-pub async fn inspect() -> Result<SystemView, KernelError> {
-    let mut sock = NlSocket::open(0)?;
-    dump_view(&mut sock)
-        .await
-        .map_err(|source| KernelError::Socket {
-            op: "dump links, addresses, routes and rules",
-            source,
-        })
-}
-
 // ---------------------------------------------------------------------------
 // What hagw wants.
-
-/// One route hagw wants in one of its tables, always `dev oif`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WantRoute {
-    pub table: u32,
-    pub prefix: IpNet,
-    pub oif: u32,
-    pub gateway: Option<IpAddr>,
-    /// Preferred source (IPv4 link routes).
-    pub src: Option<IpAddr>,
-}
-
-impl std::fmt::Display for WantRoute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.prefix.prefix_len() == 0 {
-            write!(f, "default")?;
-        } else {
-            write!(f, "{}", self.prefix)?;
-        }
-        if let Some(g) = self.gateway {
-            write!(f, " via {g}")?;
-        }
-        write!(f, " dev #{}", self.oif)?;
-        if let Some(s) = self.src {
-            write!(f, " src {s}")?;
-        }
-        write!(f, " table {}", self.table)
-    }
-}
 
 /// One rule hagw wants: `priority: from src lookup table`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -463,7 +203,7 @@ pub struct InterfacePlan {
     pub addresses: Vec<IpAddr>,
     pub gateway4: Option<(Ipv4Addr, GatewaySource)>,
     pub gateway6: Option<Ipv6Addr>,
-    pub routes: Vec<WantRoute>,
+    pub routes: Vec<DevRoute>,
     pub rules: Vec<WantRule>,
     /// Why (part of) this interface is not served.
     pub error: Option<String>,
@@ -714,7 +454,7 @@ pub fn plan(
         // IPv4: link routes and the default.
         let subnets = view.v4_subnets(link.index);
         for (net, src) in &subnets {
-            ip.routes.push(WantRoute {
+            ip.routes.push(DevRoute {
                 table,
                 prefix: IpNet::V4(*net),
                 oif: link.index,
@@ -758,7 +498,7 @@ pub fn plan(
             }
         };
         if let Some((gw, _)) = gw4 {
-            ip.routes.push(WantRoute {
+            ip.routes.push(DevRoute {
                 table,
                 prefix: IpNet::V4(Ipv4Net::default()),
                 oif: link.index,
@@ -773,7 +513,7 @@ pub fn plan(
             for a in addrs.iter().filter(|a| a.addr.is_ipv6()) {
                 if let Some(net) = a.subnet() {
                     if seen.insert(net) {
-                        ip.routes.push(WantRoute {
+                        ip.routes.push(DevRoute {
                             table,
                             prefix: net,
                             oif: link.index,
@@ -790,7 +530,7 @@ pub fn plan(
                 })
             });
             if let Some(gw) = gw6 {
-                ip.routes.push(WantRoute {
+                ip.routes.push(DevRoute {
                     table,
                     prefix: IpNet::V6(Default::default()),
                     oif: link.index,
@@ -1016,114 +756,23 @@ pub fn lease_router(cfg: &PolicyConfig, ifname: &str, index: u32) -> Option<Ipv4
 // ---------------------------------------------------------------------------
 // Netlink messages.
 
-fn route_addr(a: IpAddr) -> RouteAddress {
-    match a {
-        IpAddr::V4(v4) => RouteAddress::Inet(v4),
-        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
-    }
-}
-
-fn family(a: &IpAddr) -> AddressFamily {
-    if a.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    }
-}
-
-/// `table` for the 8-bit header field (RT_TABLE_UNSPEC when it needs RTA_TABLE).
-fn table_u8(table: u32) -> u8 {
-    u8::try_from(table).unwrap_or(0)
-}
-
-/// RTM_NEWROUTE for `w`, of protocol `protocol`.
-pub fn build_want_route(w: &WantRoute, protocol: u8) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    let v4 = w.prefix.addr().is_ipv4();
-    msg.header = RouteHeader {
-        address_family: family(&w.prefix.addr()),
-        destination_prefix_length: w.prefix.prefix_len(),
-        table: table_u8(w.table),
-        protocol: RouteProtocol::from(protocol),
-        scope: if v4 && w.gateway.is_none() {
-            RouteScope::Link
-        } else {
-            RouteScope::Universe
-        },
-        kind: RouteType::Unicast,
-        ..RouteHeader::default()
-    };
-    if w.prefix.prefix_len() > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(route_addr(w.prefix.addr())));
-    }
-    msg.attributes.push(RouteAttribute::Table(w.table));
-    msg.attributes.push(RouteAttribute::Oif(w.oif));
-    if let Some(g) = w.gateway {
-        msg.attributes.push(RouteAttribute::Gateway(route_addr(g)));
-    }
-    if let Some(s) = w.src {
-        msg.attributes
-            .push(RouteAttribute::PrefSource(route_addr(s)));
-    }
-    msg
-}
-
 /// RTM_NEWRULE for `w`, carrying FRA_PROTOCOL `protocol`.
 pub fn build_want_rule(w: &WantRule, protocol: u8) -> RuleMessage {
-    let mut msg = RuleMessage::default();
-    msg.header = RuleHeader {
-        family: family(&w.src),
-        src_len: if w.src.is_ipv4() { 32 } else { 128 },
-        table: table_u8(w.table),
-        action: RuleAction::ToTable,
-        ..RuleHeader::default()
-    };
-    msg.attributes = vec![
-        RuleAttribute::Source(w.src),
-        RuleAttribute::Priority(w.priority),
-        RuleAttribute::Table(w.table),
-        RuleAttribute::Protocol(RouteProtocol::from(protocol)),
-    ];
-    msg
-}
-
-/// The [`WantRoute`] a kernel route of hagw is (None: not one hagw writes,
-/// e.g. multipath).
-fn route_key(r: &KernelRoute) -> Option<WantRoute> {
-    if r.kind != RouteType::Unicast || r.nexthops.len() > 1 {
-        return None;
-    }
-    let mut oif = None;
-    let mut src = None;
-    for a in &r.msg.attributes {
-        match a {
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => src = Some(IpAddr::V4(*v4)),
-            RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => src = Some(IpAddr::V6(*v6)),
-            _ => {}
-        }
-    }
-    Some(WantRoute {
-        table: r.table,
-        prefix: r.prefix,
-        oif: r.nexthops.first().and_then(|n| n.ifindex).or(oif)?,
-        gateway: r.nexthops.first().map(|n| n.addr),
-        src,
-    })
+    build_rule(&Rule::from_addr(w.src, w.table, w.priority), protocol)
 }
 
 /// The [`WantRule`] a kernel rule of hagw is (None: not one hagw writes).
 fn rule_key(r: &KernelRule) -> Option<WantRule> {
-    let src = r.src?;
+    let src = r.rule.from?;
     if !r.to_table || r.extra || src.prefix_len() != src.max_prefix_len() {
         return None;
     }
-    Some(WantRule {
+    let want = WantRule {
         src: src.addr(),
-        table: r.table,
-        priority: r.priority,
-    })
+        table: r.rule.table,
+        priority: r.rule.priority,
+    };
+    (r.rule == Rule::from_addr(want.src, want.table, want.priority)).then_some(want)
 }
 
 // ---------------------------------------------------------------------------
@@ -1151,16 +800,11 @@ pub struct PolicySnapshot {
     pub interfaces: Vec<InterfaceStatus>,
 }
 
-enum Cmd {
-    Snapshot(oneshot::Sender<PolicySnapshot>),
-    Shutdown(oneshot::Sender<()>),
-}
-
 /// A handle to the background task keeping the source policy rules and
 /// per-interface tables in sync with the system.
 #[derive(Clone, Debug)]
 pub struct PolicySync {
-    tx: mpsc::UnboundedSender<Cmd>,
+    h: Handle<(), PolicySnapshot>,
 }
 
 impl PolicySync {
@@ -1181,28 +825,21 @@ impl PolicySync {
             op: "initial policy routing sync",
             source,
         })?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(st.run(rx, events));
-        Ok(PolicySync { tx })
+        Ok(PolicySync {
+            h: reconcile::spawn(st, Some(events)),
+        })
     }
 
     /// The primary interface and, per served interface, its table, rules,
     /// gateways and problem.
     pub async fn snapshot(&self) -> PolicySnapshot {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Snapshot(tx)).is_err() {
-            return PolicySnapshot::default();
-        }
-        rx.await.unwrap_or_default()
+        self.h.snapshot().await
     }
 
     /// Removes every hagw rule and every route of hagw's tables, then stops
     /// the task.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.h.shutdown(true).await
     }
 }
 
@@ -1218,7 +855,7 @@ struct State {
 enum Op {
     DelRule(String, u32),
     DelRoute(String, u32),
-    AddRoute(WantRoute),
+    AddRoute(DevRoute),
     AddRule(WantRule),
 }
 
@@ -1282,7 +919,7 @@ impl State {
             // Without a primary nothing can be decided: leave the kernel as is.
             return Ok(());
         }
-        let (routes, rules): (Vec<WantRoute>, Vec<WantRule>) = (
+        let (routes, rules): (Vec<DevRoute>, Vec<WantRule>) = (
             self.plan
                 .interfaces
                 .iter()
@@ -1303,11 +940,11 @@ impl State {
     async fn reconcile(
         &mut self,
         view: &SystemView,
-        routes: Vec<WantRoute>,
+        routes: Vec<DevRoute>,
         rules: Vec<WantRule>,
     ) -> std::io::Result<()> {
         let proto = self.cfg.protocol;
-        let want_routes: BTreeSet<WantRoute> = routes.into_iter().collect();
+        let want_routes: BTreeSet<DevRoute> = routes.into_iter().collect();
         let want_rules: BTreeSet<WantRule> = rules.into_iter().collect();
         let mut have_routes = BTreeSet::new();
         let mut have_rules = BTreeSet::new();
@@ -1318,7 +955,7 @@ impl State {
         for r in view
             .rules
             .iter()
-            .filter(|r| r.protocol == proto && self.cfg.owns_table(r.table))
+            .filter(|r| r.protocol == proto && self.cfg.owns_table(r.rule.table))
         {
             match rule_key(r) {
                 Some(k) if want_rules.contains(&k) && have_rules.insert(k) => {}
@@ -1327,7 +964,7 @@ impl State {
                         msg: RouteNetlinkMessage::DelRule(r.msg.clone()),
                         flags: 0,
                     });
-                    ops.push(Op::DelRule(r.to_string(), r.table));
+                    ops.push(Op::DelRule(r.to_string(), r.rule.table));
                 }
             }
         }
@@ -1336,7 +973,7 @@ impl State {
             .iter()
             .filter(|r| r.protocol == proto && self.cfg.owns_table(r.table))
         {
-            match route_key(r) {
+            match dev_route_of(r) {
                 Some(k) if want_routes.contains(&k) && have_routes.insert(k) => {}
                 _ => {
                     reqs.push(Request {
@@ -1349,7 +986,7 @@ impl State {
         }
         for w in want_routes.difference(&have_routes) {
             reqs.push(Request {
-                msg: RouteNetlinkMessage::NewRoute(build_want_route(w, proto)),
+                msg: RouteNetlinkMessage::NewRoute(build_dev_route(w, proto)),
                 flags: NLM_F_CREATE | NLM_F_EXCL,
             });
             ops.push(Op::AddRoute(*w));
@@ -1452,64 +1089,66 @@ impl State {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, mut events: NlSocket) {
-        let mut tick = tokio::time::interval_at(Instant::now() + RESYNC_PERIOD, RESYNC_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let deadline = self.resync_at;
-            let mut resync = false;
-            tokio::select! {
-                biased;
-                ev = events.recv_raw() => match ev {
-                    Ok(buf) => if self.relevant(&buf) {
-                        self.schedule_resync(EVENT_RESYNC_DELAY);
-                    },
-                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
-                        debug!("policy event socket overrun; resyncing");
-                        self.schedule_resync(EVENT_RESYNC_DELAY);
-                    }
-                    Err(e) => {
-                        error!(error = %e, "netlink event socket failed");
-                        self.schedule_resync(Duration::from_secs(1));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                cmd = rx.recv() => match cmd {
-                    // Every handle dropped: leave the rules in place.
-                    None => return,
-                    Some(Cmd::Snapshot(tx)) => {
-                        let _ = tx.send(self.snapshot());
-                    }
-                    Some(Cmd::Shutdown(tx)) => {
-                        self.remove_all().await;
-                        let _ = tx.send(());
-                        return;
-                    }
-                },
-                _ = async { match deadline {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                } } => {
-                    self.resync_at = None;
-                    resync = true;
-                },
-                _ = tick.tick() => resync = true,
-            }
-            if resync {
-                if let Err(e) = self.resync().await {
-                    error!(error = %e, "policy routing resync failed");
-                    self.schedule_resync(Duration::from_secs(1));
-                }
-            }
+    async fn resync_logged(&mut self) {
+        if let Err(e) = self.resync().await {
+            error!(error = %e, "policy routing resync failed");
+            self.schedule_resync(Duration::from_secs(1));
         }
+    }
+}
+
+impl Reconciler for State {
+    type Cmd = ();
+    type Snapshot = PolicySnapshot;
+
+    fn on_datagram(&mut self, buf: &[u8]) {
+        if self.relevant(buf) {
+            self.schedule_resync(EVENT_RESYNC_DELAY);
+        }
+    }
+
+    fn on_overrun(&mut self) {
+        debug!("policy event socket overrun; resyncing");
+        self.schedule_resync(EVENT_RESYNC_DELAY);
+    }
+
+    fn on_command(&mut self, _: ()) {}
+
+    fn deadline(&self) -> Option<Instant> {
+        self.resync_at
+    }
+
+    async fn on_deadline(&mut self) {
+        self.resync_at = None;
+        self.resync_logged().await;
+    }
+
+    async fn on_tick(&mut self) {
+        self.resync_logged().await;
+    }
+
+    /// Resyncs do the work (a plan needs a fresh dump).
+    async fn apply(&mut self) {}
+
+    fn snapshot(&self) -> PolicySnapshot {
+        State::snapshot(self)
+    }
+
+    async fn shutdown(&mut self, _remove: bool) {
+        self.remove_all().await;
+    }
+
+    fn resync_period(&self) -> Duration {
+        RESYNC_PERIOD
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::build_route;
+    use crate::netlink::{build_route, link::Link, parse_rule};
     use crate::Nexthop;
+    use netlink_packet_route::route::RouteScope;
 
     fn link(index: u32, name: &str) -> Link {
         Link {
@@ -1517,6 +1156,8 @@ mod tests {
             name: name.into(),
             up: true,
             loopback: index == 1,
+            kind: None,
+            master: None,
         }
     }
 
@@ -1766,7 +1407,7 @@ mod tests {
         let ens6 = &p.interfaces[0];
         assert_eq!(ens6.rules.len(), 3);
         // One link route per subnet, with the primary address as source.
-        let link_routes: Vec<&WantRoute> = ens6
+        let link_routes: Vec<&DevRoute> = ens6
             .routes
             .iter()
             .filter(|r| r.gateway.is_none() && r.prefix.addr().is_ipv4())
@@ -1821,25 +1462,25 @@ mod tests {
 
     #[test]
     fn messages_roundtrip() {
-        let w = WantRoute {
+        let w = DevRoute {
             table: 10003,
             prefix: "10.0.0.0/24".parse().expect("net"),
             oif: 3,
             gateway: None,
             src: Some("10.0.0.204".parse().expect("ip")),
         };
-        let m = build_want_route(&w, RTPROT_HAGW);
+        let m = build_dev_route(&w, RTPROT_HAGW);
         assert_eq!(m.header.scope, RouteScope::Link);
         let k = parse_route(m).expect("parse");
-        assert_eq!(route_key(&k), Some(w));
-        let d = WantRoute {
+        assert_eq!(dev_route_of(&k), Some(w));
+        let d = DevRoute {
             prefix: "::/0".parse().expect("net"),
             gateway: Some("fe80::1".parse().expect("ip")),
             src: None,
             ..w
         };
-        let k = parse_route(build_want_route(&d, RTPROT_HAGW)).expect("parse");
-        assert_eq!(route_key(&k), Some(d));
+        let k = parse_route(build_dev_route(&d, RTPROT_HAGW)).expect("parse");
+        assert_eq!(dev_route_of(&k), Some(d));
         let r = WantRule {
             src: "2001:db8::5".parse().expect("ip"),
             table: 10003,
@@ -1847,7 +1488,7 @@ mod tests {
         };
         let k = parse_rule(build_want_rule(&r, RTPROT_HAGW)).expect("parse");
         assert_eq!(k.protocol, RTPROT_HAGW);
-        assert_eq!(k.table, 10003);
+        assert_eq!(k.rule.table, 10003);
         assert_eq!(k.msg.header.table, 0);
         assert_eq!(rule_key(&k), Some(r));
     }

@@ -1,15 +1,14 @@
-//! rtnetlink multicast events: routes, links and addresses, decoded into the
-//! few facts the FIB reconciler acts on.
+//! rtnetlink multicast events: routes, links, addresses and neighbours,
+//! decoded into the few facts the reconcilers act on.
 
 use netlink_packet_route::{link::LinkFlags, RouteNetlinkMessage};
 
-use crate::{
-    netlink::{
-        parse_datagram, parse_route, KernelRoute, NlSocket, Parsed, RTMGRP_IPV4_IFADDR,
-        RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
-    },
-    KernelError,
+use super::{
+    neigh::{parse_neigh, Neighbour},
+    parse_datagram, parse_route, KernelRoute, NlSocket, Parsed, RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
 };
+use crate::KernelError;
 
 /// The groups the FIB reconciler listens to (RTNLGRP_LINK, IPV4_IFADDR,
 /// IPV4_ROUTE, IPV6_IFADDR, IPV6_ROUTE).
@@ -33,6 +32,11 @@ pub enum Event {
     Address {
         added: bool,
     },
+    /// A neighbour entry appeared, changed (`removed` false) or went.
+    Neighbour {
+        neigh: Neighbour,
+        removed: bool,
+    },
     /// The socket overran (ENOBUFS): events were lost, resync everything.
     Overrun,
 }
@@ -50,6 +54,12 @@ pub async fn next(sock: &mut NlSocket) -> std::io::Result<Vec<Event>> {
         Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => Ok(vec![Event::Overrun]),
         Err(e) => Err(e),
     }
+}
+
+/// [`decode`] minus route additions of protocol `own` (see
+/// [`next_skipping_own`]).
+pub fn decode_skipping_own(buf: &[u8], own: u8) -> Vec<Event> {
+    decode(&without_own_additions(buf, own))
 }
 
 /// Like [`next`], but route additions of protocol `own` are dropped before
@@ -105,6 +115,18 @@ pub fn decode(buf: &[u8]) -> Vec<Event> {
                 }),
                 RouteNetlinkMessage::NewAddress(_) => Some(Event::Address { added: true }),
                 RouteNetlinkMessage::DelAddress(_) => Some(Event::Address { added: false }),
+                RouteNetlinkMessage::NewNeighbour(n) => {
+                    parse_neigh(&n).map(|neigh| Event::Neighbour {
+                        neigh,
+                        removed: false,
+                    })
+                }
+                RouteNetlinkMessage::DelNeighbour(n) => {
+                    parse_neigh(&n).map(|neigh| Event::Neighbour {
+                        neigh,
+                        removed: true,
+                    })
+                }
                 _ => None,
             },
             _ => None,

@@ -1,4 +1,14 @@
-//! Raw rtnetlink route operations.
+//! The netlink layer every feature uses: one socket type, one set of message
+//! builders and parsers per object (routes, rules, addresses, links and
+//! bridges, neighbours), the event decoder and a dump of the whole system.
+//!
+//! * [`route`] — routes read and written ([`Nexthop`], [`KernelRoute`],
+//!   [`DevRoute`]); [`rule`] — policy rules matching `from`, `fwmark` and
+//!   `iif` ([`Rule`]); [`addr`] — interface addresses; [`link`] — links,
+//!   bridges; [`neigh`] — neighbour entries; [`events`] — multicast events;
+//!   [`view`] — links, addresses, routes and rules dumped at once.
+//!
+//! # One socket, many requests per `sendmsg`
 //!
 //! Messages are built with `rtnetlink`'s [`RouteMessageBuilder`] and
 //! serialized with `netlink-packet-route`; they travel over a
@@ -21,26 +31,33 @@
 //! never a moment without the route. hagw therefore never creates nexthop
 //! objects, and there are none of its own to clean up after a crash.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use std::{io, net::IpAddr, time::Duration};
 
-use ipnet::IpNet;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
     NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
+    route::{RouteAddress, RouteMessage},
     rule::RuleMessage,
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
-use rtnetlink::{RouteMessageBuilder, RouteNextHopBuilder};
 
-use crate::{fib::Nexthop, KernelError};
+use crate::KernelError;
+
+pub mod addr;
+pub mod events;
+pub mod link;
+pub mod neigh;
+pub mod route;
+pub mod rule;
+pub mod view;
+
+pub use route::{
+    build_delete, build_delete_exact, build_route, parse_route, DevRoute, KernelRoute, Nexthop,
+};
+pub use rule::{build_rule, parse_rule, KernelRule, Rule};
 
 /// Bytes of requests packed into one `sendmsg` (well under the default
 /// netlink `sk_sndbuf`).
@@ -56,6 +73,12 @@ pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 pub const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 pub const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+/// RTNLGRP_NEIGH (3).
+pub const RTMGRP_NEIGH: u32 = 0x4;
+/// RTNLGRP_IPV4_RULE (8).
+pub const RTMGRP_IPV4_RULE: u32 = 1 << 7;
+/// RTNLGRP_IPV6_RULE (19).
+pub const RTMGRP_IPV6_RULE: u32 = 1 << 18;
 
 /// The main routing table.
 pub const RT_TABLE_MAIN: u32 = 254;
@@ -382,185 +405,6 @@ fn extack_msg(msg: &[u8], flags: u16) -> Option<String> {
     None
 }
 
-/// A route as read from the kernel.
-#[derive(Debug, Clone)]
-pub struct KernelRoute {
-    pub prefix: IpNet,
-    pub table: u32,
-    pub protocol: u8,
-    pub metric: u32,
-    pub kind: RouteType,
-    pub nexthops: Vec<Nexthop>,
-    pub msg: RouteMessage,
-}
-
-impl std::fmt::Display for KernelRoute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.prefix)?;
-        for nh in &self.nexthops {
-            write!(f, " via {nh}")?;
-        }
-        write!(
-            f,
-            " proto {} metric {} table {}",
-            self.protocol, self.metric, self.table
-        )
-    }
-}
-
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-/// Decodes a kernel route message (IPv4 / IPv6 only).
-pub fn parse_route(msg: RouteMessage) -> Option<KernelRoute> {
-    let h = &msg.header;
-    let unspecified = match h.address_family {
-        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        _ => return None,
-    };
-    let mut dst = unspecified;
-    let mut table = u32::from(h.table);
-    let mut metric = 0;
-    let mut gateway = None;
-    let mut oif = None;
-    let mut nexthops = Vec::new();
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(a) => dst = route_ip(a)?,
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Priority(p) => metric = *p,
-            RouteAttribute::Gateway(a) => gateway = route_ip(a),
-            RouteAttribute::Via(netlink_packet_route::route::RouteVia::Inet6(v6)) => {
-                gateway = Some(IpAddr::V6(*v6))
-            }
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::MultiPath(hops) => {
-                for hop in hops {
-                    let gw = hop.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Gateway(a) => route_ip(a),
-                        RouteAttribute::Via(netlink_packet_route::route::RouteVia::Inet6(v6)) => {
-                            Some(IpAddr::V6(*v6))
-                        }
-                        _ => None,
-                    });
-                    if let Some(addr) = gw {
-                        nexthops.push(Nexthop {
-                            addr,
-                            ifindex: (hop.interface_index != 0).then_some(hop.interface_index),
-                        });
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(addr) = gateway {
-        nexthops.push(Nexthop { addr, ifindex: oif });
-    }
-    nexthops.sort();
-    let prefix = IpNet::new(dst, h.destination_prefix_length).ok()?;
-    Some(KernelRoute {
-        prefix,
-        table,
-        protocol: u8::from(h.protocol),
-        metric,
-        kind: h.kind,
-        nexthops,
-        msg,
-    })
-}
-
-/// Builds the route message for `prefix` via `nexthops` (one gateway, or
-/// RTA_MULTIPATH when there are several).
-pub fn build_route(
-    prefix: IpNet,
-    table: u32,
-    protocol: u8,
-    metric: u32,
-    nexthops: &[Nexthop],
-) -> RouteMessage {
-    // The builder only fails on family mismatches, which the caller has
-    // filtered out (see `fib::usable_nexthops`); fall back to a manual build.
-    let family = match prefix {
-        IpNet::V4(_) => AddressFamily::Inet,
-        IpNet::V6(_) => AddressFamily::Inet6,
-    };
-    let mut b = match RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(prefix.network(), prefix.prefix_len())
-    {
-        Ok(b) => b,
-        Err(_) => RouteMessageBuilder::<IpAddr>::new(),
-    }
-    .table_id(table)
-    .protocol(RouteProtocol::from(protocol))
-    .priority(metric);
-    match nexthops {
-        [] => {}
-        [nh] => {
-            if let Ok(b2) = b.clone().gateway(nh.addr) {
-                b = b2;
-            }
-            if let Some(i) = nh.ifindex {
-                b = b.output_interface(i);
-            }
-        }
-        many => {
-            let hops = many
-                .iter()
-                .filter_map(|nh| {
-                    let mut hb = RouteNextHopBuilder::new(family).via(nh.addr).ok()?;
-                    if let Some(i) = nh.ifindex {
-                        hb = hb.interface(i);
-                    }
-                    Some(hb.build())
-                })
-                .collect();
-            b = b.multipath(hops);
-        }
-    }
-    b.build()
-}
-
-/// Builds a delete for hagw's route `prefix` (matching table, protocol and
-/// metric, so that nobody else's route can match).
-pub fn build_delete(prefix: IpNet, table: u32, protocol: u8, metric: u32) -> RouteMessage {
-    build_route(prefix, table, protocol, metric, &[])
-}
-
-/// Builds a delete that matches exactly the given kernel route (its
-/// destination, table, protocol, metric, type and first gateway/interface).
-pub fn build_delete_exact(r: &KernelRoute) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header = RouteHeader {
-        scope: netlink_packet_route::route::RouteScope::Universe,
-        flags: Default::default(),
-        ..r.msg.header.clone()
-    };
-    msg.attributes = r
-        .msg
-        .attributes
-        .iter()
-        .filter(|a| {
-            matches!(
-                a,
-                RouteAttribute::Destination(_)
-                    | RouteAttribute::Table(_)
-                    | RouteAttribute::Priority(_)
-                    | RouteAttribute::Gateway(_)
-                    | RouteAttribute::Oif(_)
-            )
-        })
-        .cloned()
-        .collect();
-    msg
-}
-
 /// Index of the interface `name` in the calling thread's network namespace;
 /// `Ok(None)` when there is no such interface.
 pub fn ifindex(name: &str) -> Result<Option<u32>, KernelError> {
@@ -574,39 +418,24 @@ pub fn ifindex(name: &str) -> Result<Option<u32>, KernelError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_roundtrip() {
-        let p: IpNet = "10.0.0.0/16".parse().expect("net");
-        let nhs = vec![
-            Nexthop::new("192.168.1.1".parse().expect("ip")),
-            Nexthop {
-                addr: "192.168.1.2".parse().expect("ip"),
-                ifindex: Some(3),
-            },
-        ];
-        let m = build_route(p, 254, 199, 20, &nhs);
-        let k = parse_route(m).expect("parse");
-        assert_eq!(k.prefix, p);
-        assert_eq!(k.protocol, 199);
-        assert_eq!(k.metric, 20);
-        assert_eq!(k.table, 254);
-        assert_eq!(k.nexthops, nhs);
+/// The netlink address family of `a`.
+pub fn family_of(a: &IpAddr) -> AddressFamily {
+    match a {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
+}
 
-    #[test]
-    fn default_route_parses() {
-        let p: IpNet = "::/0".parse().expect("net");
-        let nhs = vec![Nexthop {
-            addr: "fe80::1".parse().expect("ip"),
-            ifindex: Some(2),
-        }];
-        let k = parse_route(build_route(p, 1000, 199, 20, &nhs)).expect("parse");
-        assert_eq!(k.prefix, p);
-        assert_eq!(k.table, 1000);
-        assert_eq!(k.nexthops, nhs);
+/// `a` as a route attribute address.
+pub fn route_addr(a: IpAddr) -> RouteAddress {
+    match a {
+        IpAddr::V4(v4) => RouteAddress::Inet(v4),
+        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
     }
+}
+
+/// `table` for an 8-bit header field (RT_TABLE_UNSPEC when it needs the
+/// 32-bit attribute).
+pub fn table_u8(table: u32) -> u8 {
+    u8::try_from(table).unwrap_or(0)
 }

@@ -6,7 +6,9 @@ use std::fmt::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use hagw_kernel::policy::{CheckKey, GatewayOverride, PolicyConfig, PolicySnapshot, PolicySync};
+use hagw_kernel::policy_routing::{
+    CheckKey, GatewayOverride, PolicyConfig, PolicySnapshot, PolicySync,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError, PolicyRouting, Problem};
@@ -71,7 +73,7 @@ pub fn check_system(cfg: &Config) -> Vec<Problem> {
         .build()
         .context("cannot start the async runtime")
         .and_then(|rt| {
-            rt.block_on(hagw_kernel::policy::inspect())
+            rt.block_on(hagw_kernel::netlink::view::inspect())
                 .context("cannot read the interfaces")
         });
     let view = match view {
@@ -83,7 +85,7 @@ pub fn check_system(cfg: &Config) -> Vec<Problem> {
             }]
         }
     };
-    hagw_kernel::policy::check(&kcfg, &view)
+    hagw_kernel::policy_routing::check(&kcfg, &view)
         .into_iter()
         .map(|c| Problem {
             key: match c.key {

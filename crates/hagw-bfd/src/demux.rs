@@ -22,8 +22,8 @@
 //! # Leaving
 //! [`Demux::remove`] takes a session AdminDown and forgets it, but while it
 //! was Up its AdminDown is repeated for the peer's detection time (at most
-//! [`LEAVING_MAX`]): one lost AdminDown would otherwise look like a failure:
-//! the peer's BFD expires, and its BGP drops ours (Cease, BFD Down), exactly
+//! [`LEAVING_MAX`]). One lost AdminDown would otherwise look like a failure:
+//! the peer's BFD expires, and its BGP drops ours (Cease, BFD Down) — exactly
 //! what a graceful restart must avoid. FRR's bfdd learnt the same
 //! (frr#22643). A new session to the same peer stops the repeats.
 //!
@@ -55,11 +55,14 @@ pub enum Output {
         packet: ControlPacket,
     },
     /// Send a removed session's AdminDown to `peer` again (see
-    /// [`Demux::remove`]); the session is gone, so nothing counts it.
+    /// [`Demux::remove`]); the session is gone, so nothing counts it. After
+    /// the `last` one the driver may let go of what it sends them with (as
+    /// it may when [`Demux::add`] or [`Demux::cancel_leaving`] stop them).
     Repeat {
         peer: IpAddr,
         local: IpAddr,
         packet: ControlPacket,
+        last: bool,
     },
     /// `peer`'s session changed state; `diag` is the local diagnostic now
     /// set, `remote` the state the peer last reported (AdminDown: its Down is
@@ -357,13 +360,14 @@ impl Demux {
             }
         }
         for l in self.leaving.iter_mut().filter(|l| l.next <= now) {
+            l.left = l.left.saturating_sub(1);
+            l.next = now + l.interval;
             out.push(Output::Repeat {
                 peer: l.peer,
                 local: l.local,
                 packet: l.packet,
+                last: l.left == 0,
             });
-            l.left = l.left.saturating_sub(1);
-            l.next = now + l.interval;
         }
         self.leaving.retain(|l| l.left > 0);
     }

@@ -133,6 +133,7 @@ impl Wire {
                 peer,
                 local,
                 packet,
+                ..
             }) = o
             else {
                 continue;
@@ -504,11 +505,17 @@ fn removal_while_up_repeats_admin_down_for_the_detection_time() {
         .map(Duration::from_micros)
         .collect();
     assert_eq!(w.repeats_since(since), want);
-    for (_, who, o) in &w.log {
-        if let (&'a', Output::Repeat { packet, .. }) = (who, o) {
-            assert_eq!(*packet, admin_down);
-        }
-    }
+    let repeats: Vec<(ControlPacket, bool)> = w
+        .log
+        .iter()
+        .filter_map(|(_, who, o)| match *o {
+            Output::Repeat { packet, last, .. } if *who == 'a' => Some((packet, last)),
+            _ => None,
+        })
+        .collect();
+    let lasts: Vec<bool> = repeats.iter().map(|r| r.1).collect();
+    assert_eq!(lasts, [false, false, false, false, false, true]);
+    assert!(repeats.iter().all(|r| r.0 == admin_down));
     assert!(!w.a.any_leaving());
     assert_eq!(w.a.next_deadline(), None);
     // The peer learnt AdminDown from a repeat: Neighbor Signaled Down, not

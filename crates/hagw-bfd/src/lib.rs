@@ -5,14 +5,20 @@
 //! * [`session`]: one session's state machine (RFC 5880 §6.8): packets and
 //!   `now` go in; packets to send, state changes and the next timer deadline
 //!   come out.
+//! * [`demux`]: every session of a speaker, by peer: the TTL check (RFC 5881
+//!   §5), demultiplexing by Your Discriminator or source address (RFC 5881
+//!   §3), drop counters, discriminator allocation, timers across sessions and
+//!   the AdminDown repeats of removed sessions.
 //!
 //! Nothing here touches a socket, the clock or a random source: the driver
-//! owns them (RFC 5881 TTL checks, ports and demultiplexing live there, and
-//! jitter comes from a seed the driver supplies).
+//! owns them (sockets and ports live there; discriminators and jitter come
+//! from a seed the driver supplies).
 
+pub mod demux;
 pub mod packet;
 pub mod session;
 
+pub use demux::Demux;
 pub use packet::{ControlPacket, DecodeError, Diag, State};
 pub use session::{Output, Session, SessionConfig, SessionError};
 

@@ -1,11 +1,12 @@
 //! One BFD session's state machine (RFC 5880 §6.8, asynchronous mode), sans-IO.
 //!
-//! The driver demultiplexes received packets to a session (by Your
+//! [`crate::demux`] demultiplexes received packets to a session (by Your
 //! Discriminator, or by source address when that is zero: RFC 5880 §6.3,
 //! RFC 5881 §3), checks the TTL (RFC 5881 §5), decodes with
 //! [`ControlPacket::decode`] and hands the packet to
 //! [`Session::handle_packet`]. It calls [`Session::on_timer`] at
-//! [`Session::next_deadline`], and sends every [`Output::Send`] to the peer.
+//! [`Session::next_deadline`], and the driver sends every [`Output::Send`] to
+//! the peer.
 //!
 //! Timers:
 //! * while the session is not Up, bfd.DesiredMinTxInterval is at least one

@@ -25,36 +25,38 @@
 //!   configured before its local address exists; sends fail (counted as
 //!   `tx_errors`) until it does.
 //!
-//! # Timers
-//! There is no timer per session: the thread sleeps until the earliest
-//! [`hagw_bfd::Session::next_deadline`], reads what its sockets hold (a
-//! packet that arrived just before a detection deadline still counts), runs
-//! every session that is due, and goes back to waiting. At 10 ms intervals
-//! this is a few wake-ups per interval however many sessions there are.
-//!
 //! # Sessions
+//! Everything protocol-shaped is [`hagw_bfd::Demux`], sans-IO: the sessions
+//! by peer, the TTL check, demultiplexing (by Your Discriminator, or by
+//! source address when it is zero, RFC 5881 §3), drop counters, local
+//! discriminators, timers across sessions and the AdminDown repeats of a
+//! removed session. This driver feeds it datagrams and the time, and carries
+//! out what it asks: packets to send, state changes to the watchers.
 //! Sessions exist only for peers someone [`Bfd::watch`]es (the BGP peers with
 //! `bfd = true`): we are always the active side. A packet from a peer with no
-//! session is dropped and counted (see [`Bfd::unattributed`]). Packets are
-//! demultiplexed by Your Discriminator, or by source address when it is zero
-//! (RFC 5881 §3); a packet whose discriminator belongs to another peer's
-//! session is dropped as "no session". Jitter seeds and discriminators come
-//! from `/dev/urandom` through a small xorshift generator.
+//! session is dropped and counted (see [`Bfd::unattributed`]). The demux's
+//! seed (discriminators, jitter) and source ports come from `/dev/urandom`.
+//!
+//! # Timers
+//! There is no timer per session: the thread sleeps until the demux's
+//! [`hagw_bfd::Demux::next_deadline`], reads what its sockets hold (a
+//! packet that arrived just before a detection deadline still counts), runs
+//! what is due, and goes back to waiting. At 10 ms intervals this is a few
+//! wake-ups per interval however many sessions there are.
 //!
 //! IPv6 link-local peers are not supported yet (the send path has no scope id).
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hagw_bfd::packet::ControlPacket;
-use hagw_bfd::{Diag, Output, Session, SessionConfig, CONTROL_PORT, SOURCE_PORTS, TTL};
+use hagw_bfd::demux::{self, Demux, RxError};
+use hagw_bfd::{ControlPacket, Diag, SessionConfig, CONTROL_PORT, SOURCE_PORTS, TTL};
 use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
@@ -226,7 +228,6 @@ impl Bfd {
         let (wake_tx, wake_rx) = UnixDatagram::pair()?;
         wake_tx.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
-        let mut seed = seed();
         let driver = Driver {
             shared: shared.clone(),
             cmds,
@@ -234,16 +235,11 @@ impl Bfd {
             rx4: Some(rx4),
             rx6,
             senders: HashMap::new(),
-            sessions: HashMap::new(),
-            by_disc: HashMap::new(),
-            unattributed: BfdCounters::default(),
-            cfg: SessionConfig::new(interval, multiplier.max(1)),
-            rng: {
-                seed |= 1;
-                seed
-            },
+            demux: Demux::new(SessionConfig::new(interval, multiplier.max(1)), seed()),
+            links: HashMap::new(),
+            repeat_socks: HashMap::new(),
+            rng: seed() | 1,
             out: Vec::new(),
-            leaving: Vec::new(),
             drains: Vec::new(),
         };
         std::thread::Builder::new()
@@ -324,9 +320,9 @@ impl Bfd {
     }
 
     /// Gives up `rx`, a receiver of [`Bfd::watch`] for `peer`. If it was the
-    /// last one, the session goes now (AdminDown, repeated; see `Leaving`)
-    /// rather than at the next sweep; a session another watcher still holds
-    /// (the same peer's new connection) stays.
+    /// last one, the session goes now (AdminDown, repeated; see
+    /// [`hagw_bfd::Demux::remove`]) rather than at the next sweep; a session
+    /// another watcher still holds (the same peer's new connection) stays.
     pub fn unwatch(&self, peer: IpAddr, rx: watch::Receiver<BfdState>) {
         let peer = peer.to_canonical();
         drop(rx);
@@ -526,36 +522,21 @@ fn recv_one(
     Ok((msg.bytes, src, ttl))
 }
 
-/// A removed session's AdminDown, repeated for the peer's detection time.
-/// One lost AdminDown would otherwise look like a failure: the peer's BFD
-/// expires, and its BGP drops ours (Cease, BFD Down) — exactly what a
-/// graceful restart must avoid. FRR's bfdd learnt the same (frr#22643).
-struct Leaving {
-    peer: IpAddr,
-    sock: UdpSocket,
-    packet: Vec<u8>,
-    interval: Duration,
-    next: Instant,
-    left: u32,
-}
-
-/// The AdminDown repeats cover at most this long.
-const LEAVING_MAX: Duration = Duration::from_secs(1);
-
+/// A send socket on one local address, shared by every session from it.
 struct SendSock {
     sock: Option<std::net::UdpSocket>,
     retry_at: Instant,
     users: usize,
 }
 
-struct Sess {
-    fsm: Session,
-    local: IpAddr,
+/// What the driver keeps of a session beside the demux: its watchers, and
+/// what its sends did (the demux counts what it receives).
+struct Link {
     gen: u64,
     tx: watch::Sender<BfdState>,
     remote_admin_down: Arc<AtomicBool>,
-    counters: BfdCounters,
-    changed: Instant,
+    sent: u64,
+    tx_errors: u64,
     last_tx_error: Option<String>,
 }
 
@@ -567,23 +548,18 @@ struct Driver {
     rx6: Option<UdpSocket>,
     /// By local address.
     senders: HashMap<IpAddr, SendSock>,
-    /// By peer address.
-    sessions: HashMap<IpAddr, Sess>,
-    /// Local discriminator -> peer.
-    by_disc: HashMap<u32, IpAddr>,
-    unattributed: BfdCounters,
-    cfg: SessionConfig,
+    /// Every session: state machines, demultiplexing, receive counters and
+    /// the AdminDown repeats of removed sessions.
+    demux: Demux,
+    /// By peer: the same peers as the demux's sessions.
+    links: HashMap<IpAddr, Link>,
+    /// By peer: what a removed session's AdminDown repeats go out on, a
+    /// clone of its send socket (which closes with its last session).
+    repeat_socks: HashMap<IpAddr, UdpSocket>,
+    /// Source ports.
     rng: u64,
-    out: Vec<Output>,
-    leaving: Vec<Leaving>,
+    out: Vec<demux::Output>,
     drains: Vec<oneshot::Sender<()>>,
-}
-
-enum DropKind {
-    BadTtl,
-    Malformed,
-    Auth,
-    NoSession,
 }
 
 impl Driver {
@@ -598,11 +574,8 @@ impl Driver {
         let mut next_sweep = Instant::now() + SWEEP;
         loop {
             let wake_at = self
-                .sessions
-                .values()
-                .filter_map(|s| s.fsm.next_deadline())
-                .chain(self.leaving.iter().map(|l| l.next))
-                .min()
+                .demux
+                .next_deadline()
                 .map_or(next_sweep, |d| d.min(next_sweep));
             // Never a zero timeout: should a deadline fail to move on, a
             // real-time thread must not spin (packets still wake it at once).
@@ -627,13 +600,13 @@ impl Driver {
                         // (port 3784 is let go first).
                         self.rx4 = None;
                         self.rx6 = None;
-                        let peers: Vec<IpAddr> = self.sessions.keys().copied().collect();
-                        for p in peers {
+                        for p in self.peers() {
                             self.remove(p);
                         }
-                        while let Some(next) = self.leaving.iter().map(|l| l.next).min() {
+                        // No sessions left: only repeats have deadlines.
+                        while let Some(next) = self.demux.next_deadline() {
                             std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                            self.run_leaving(Instant::now());
+                            self.on_timer(Instant::now());
                         }
                         return;
                     }
@@ -646,25 +619,25 @@ impl Driver {
                 self.sweep();
                 next_sweep = now + SWEEP;
             }
-            self.run_timers(now);
-            self.run_leaving(now);
+            self.on_timer(now);
         }
     }
 
-    /// Sends the AdminDown repeats that are due.
-    fn run_leaving(&mut self, now: Instant) {
-        for l in self.leaving.iter_mut().filter(|l| l.next <= now) {
-            if let Err(e) = l
-                .sock
-                .send_to(&l.packet, SocketAddr::new(l.peer, CONTROL_PORT))
-            {
-                tracing::debug!("BFD: AdminDown repeat to {} failed: {e}", l.peer);
-            }
-            l.left = l.left.saturating_sub(1);
-            l.next = now + l.interval;
-        }
-        self.leaving.retain(|l| l.left > 0);
-        if self.leaving.is_empty() {
+    fn peers(&self) -> Vec<IpAddr> {
+        self.demux.sessions().map(|(p, _)| p).collect()
+    }
+
+    /// Runs the sessions and the AdminDown repeats that are due.
+    fn on_timer(&mut self, now: Instant) {
+        self.demux.on_timer(now, &mut self.out);
+        self.flush();
+        self.answer_drains();
+    }
+
+    /// Answers the shutdowns waiting for the AdminDown repeats, once there
+    /// are none left.
+    fn answer_drains(&mut self) {
+        if !self.demux.any_leaving() {
             for d in self.drains.drain(..) {
                 let _ = d.send(());
             }
@@ -700,35 +673,36 @@ impl Driver {
                 }
             }
             Cmd::Remove { peer, gen } => {
-                if self.sessions.get(&peer).is_some_and(|s| s.gen == gen) {
+                if self.links.get(&peer).is_some_and(|l| l.gen == gen) {
                     self.remove(peer);
                 }
             }
             Cmd::Shutdown(reply) => {
                 self.shared.lock().clear();
-                let peers: Vec<IpAddr> = self.sessions.keys().copied().collect();
-                for p in peers {
+                for p in self.peers() {
                     self.remove(p);
                 }
-                if self.leaving.is_empty() {
-                    let _ = reply.send(());
-                } else {
+                if self.demux.any_leaving() {
                     self.drains.push(reply);
+                } else {
+                    let _ = reply.send(());
                 }
             }
             Cmd::Status(reply) => {
                 let now = Instant::now();
                 let mut v: Vec<BfdSessionStatus> = self
-                    .sessions
-                    .iter()
-                    .map(|(&peer, s)| {
-                        let f = &s.fsm;
+                    .demux
+                    .sessions()
+                    .map(|(peer, s)| {
+                        let f = s.session();
+                        let link = self.links.get(&peer);
+                        let c = s.counters();
                         BfdSessionStatus {
                             peer,
-                            local: s.local,
+                            local: s.local(),
                             source_port: self
                                 .senders
-                                .get(&s.local)
+                                .get(&s.local())
                                 .and_then(|t| t.sock.as_ref())
                                 .and_then(|t| t.local_addr().ok())
                                 .map(|a| a.port()),
@@ -747,14 +721,18 @@ impl Driver {
                             tx_interval: f.tx_interval(),
                             detection_time: f.detection_time(),
                             poll_in_progress: f.poll_in_progress(),
-                            since_change: now.saturating_duration_since(s.changed),
-                            counters: s.counters,
-                            last_tx_error: s.last_tx_error.clone(),
+                            since_change: now.saturating_duration_since(s.changed()),
+                            counters: BfdCounters {
+                                tx: link.map_or(0, |l| l.sent),
+                                tx_errors: link.map_or(0, |l| l.tx_errors),
+                                ..counters(c)
+                            },
+                            last_tx_error: link.and_then(|l| l.last_tx_error.clone()),
                         }
                     })
                     .collect();
                 v.sort_by_key(|s| s.peer);
-                let _ = reply.send((v, self.unattributed));
+                let _ = reply.send((v, counters(self.demux.unattributed())));
             }
         }
     }
@@ -767,22 +745,16 @@ impl Driver {
         tx: watch::Sender<BfdState>,
         remote_admin_down: Arc<AtomicBool>,
     ) {
-        let now = Instant::now();
-        if self.sessions.contains_key(&peer) {
+        // The old session's AdminDown goes to its own watchers.
+        if self.demux.contains(peer) {
             self.remove(peer);
         }
-        // A new session must not be followed by its predecessor's AdminDowns.
-        self.leaving.retain(|l| l.peer != peer);
-        self.run_leaving(now);
-        let disc = loop {
-            let d = xorshift(&mut self.rng) as u32;
-            if let Some(d) = NonZeroU32::new(d) {
-                if !self.by_disc.contains_key(&d.get()) {
-                    break d;
-                }
-            }
-        };
-        let seed = xorshift(&mut self.rng);
+        let now = Instant::now();
+        // This also stops the predecessor's AdminDown repeats: they would
+        // take the new session down.
+        let disc = self.demux.add(peer, local, now, &mut self.out);
+        self.repeat_socks.remove(&peer);
+        self.answer_drains();
         let rng = &mut self.rng;
         let sender = self.senders.entry(local).or_insert_with(|| SendSock {
             sock: None,
@@ -800,73 +772,51 @@ impl Driver {
             }
         }
         tracing::info!("BFD: session to {peer} from {local} (discriminator {disc:#x})");
-        self.by_disc.insert(disc.get(), peer);
-        self.sessions.insert(
+        self.links.insert(
             peer,
-            Sess {
-                fsm: Session::new(disc, self.cfg, seed, now),
-                local,
+            Link {
                 gen,
                 tx,
                 remote_admin_down,
-                counters: BfdCounters::default(),
-                changed: now,
+                sent: 0,
+                tx_errors: 0,
                 last_tx_error: None,
             },
         );
+        self.flush();
     }
 
-    /// AdminDown on the wire and to the watchers, then forget the session.
+    /// AdminDown on the wire (repeated if it was Up, see
+    /// [`Demux::remove`]) and to the watchers, then forget the session.
     fn remove(&mut self, peer: IpAddr) {
-        let Some(s) = self.sessions.get_mut(&peer) else {
+        let Some(local) = self.demux.get(peer).map(|s| s.local()) else {
             return;
         };
-        let now = Instant::now();
-        // The peer relies on our packets only while Up; its detection time
-        // is our Detect Mult times the interval we were sending at.
-        let repeat = (s.fsm.state() == BfdState::Up)
-            .then(|| s.fsm.tx_interval())
-            .flatten();
-        s.fsm.set_admin_down(now, &mut self.out);
-        let packet = self.out.iter().find_map(|o| match o {
-            Output::Send(p) => Some(p.encode().to_vec()),
-            Output::StateChange { .. } => None,
-        });
-        let sock = self
-            .senders
-            .get(&s.local)
-            .and_then(|t| t.sock.as_ref())
-            .and_then(|t| t.try_clone().ok());
-        if let (Some(interval), Some(packet), Some(sock)) = (repeat, packet, sock) {
-            // The peer times out Detect Mult intervals after our last periodic
-            // packet, which may be most of an interval ago: repeat twice per
-            // interval, the first after a quarter, so that every repeat but
-            // the last lands inside that window.
-            let step = interval / 2;
-            let covers = interval.saturating_mul(u32::from(self.cfg.detect_mult));
-            let left = (covers.min(LEAVING_MAX).as_nanos() / step.as_nanos().max(1)) as u32;
-            if left > 0 {
-                self.leaving.retain(|l| l.peer != peer);
-                self.leaving.push(Leaving {
-                    peer,
-                    sock,
-                    packet,
-                    interval: step,
-                    next: now + interval / 4,
-                    left,
-                });
+        self.demux.remove(peer, Instant::now(), &mut self.out);
+        if self.demux.is_leaving(peer) {
+            // The socket as it is now: a bind the AdminDown below may retry
+            // comes too late for the repeats.
+            let sock = self
+                .senders
+                .get(&local)
+                .and_then(|t| t.sock.as_ref())
+                .and_then(|t| t.try_clone().ok());
+            match sock {
+                Some(s) => {
+                    self.repeat_socks.insert(peer, s);
+                }
+                // Nothing to repeat on: no repeats, nor a shutdown waiting
+                // for them.
+                None => self.demux.cancel_leaving(peer),
             }
         }
-        self.flush(peer);
-        let Some(s) = self.sessions.remove(&peer) else {
-            return;
-        };
+        self.flush();
+        self.links.remove(&peer);
         tracing::info!("BFD: session to {peer} removed");
-        self.by_disc.remove(&s.fsm.local_disc());
-        if let Some(t) = self.senders.get_mut(&s.local) {
+        if let Some(t) = self.senders.get_mut(&local) {
             t.users = t.users.saturating_sub(1);
             if t.users == 0 {
-                self.senders.remove(&s.local);
+                self.senders.remove(&local);
             }
         }
     }
@@ -892,23 +842,8 @@ impl Driver {
             gone
         };
         for (peer, gen) in gone {
-            if self.sessions.get(&peer).is_some_and(|s| s.gen == gen) {
+            if self.links.get(&peer).is_some_and(|l| l.gen == gen) {
                 self.remove(peer);
-            }
-        }
-    }
-
-    fn run_timers(&mut self, now: Instant) {
-        let due: Vec<IpAddr> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.fsm.next_deadline().is_some_and(|d| d <= now))
-            .map(|(&p, _)| p)
-            .collect();
-        for peer in due {
-            if let Some(s) = self.sessions.get_mut(&peer) {
-                s.fsm.on_timer(now, &mut self.out);
-                self.flush(peer);
             }
         }
     }
@@ -933,118 +868,122 @@ impl Driver {
         }
     }
 
-    fn count(&mut self, peer: IpAddr, what: DropKind) {
-        let c = match self.sessions.get_mut(&peer) {
-            Some(s) => &mut s.counters,
-            None => &mut self.unattributed,
-        };
-        match what {
-            DropKind::BadTtl => c.dropped_bad_ttl += 1,
-            DropKind::Malformed => c.dropped_malformed += 1,
-            DropKind::Auth => c.dropped_auth += 1,
-            DropKind::NoSession => c.dropped_no_session += 1,
-        }
-    }
-
+    /// One received datagram, to the demux (which counts drops).
     fn datagram(&mut self, data: &[u8], src: IpAddr, ttl: Option<u8>) {
-        if ttl != Some(TTL) {
-            tracing::debug!("BFD: dropped a packet from {src} with TTL {ttl:?}");
-            self.count(src, DropKind::BadTtl);
-            return;
-        }
-        let pkt = match ControlPacket::decode(data) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!("BFD: dropped a packet from {src}: {e}");
-                self.count(
-                    src,
-                    if e.is_auth() {
-                        DropKind::Auth
-                    } else {
-                        DropKind::Malformed
-                    },
-                );
-                return;
+        match self
+            .demux
+            .receive(data, src, ttl, Instant::now(), &mut self.out)
+        {
+            Ok(()) | Err(RxError::NoSession) => {}
+            Err(RxError::BadTtl(ttl)) => {
+                tracing::debug!("BFD: dropped a packet from {src} with TTL {ttl:?}");
             }
-        };
-        let target = if pkt.your_disc != 0 {
-            self.by_disc.get(&pkt.your_disc).copied()
-        } else {
-            self.sessions.contains_key(&src).then_some(src)
-        };
-        if target != Some(src) {
-            self.count(src, DropKind::NoSession);
-            return;
+            Err(RxError::Decode(e)) => tracing::debug!("BFD: dropped a packet from {src}: {e}"),
+            Err(RxError::Session(e)) => tracing::trace!("BFD: packet from {src} ignored: {e}"),
         }
-        let now = Instant::now();
-        let Some(s) = self.sessions.get_mut(&src) else {
-            return;
-        };
-        s.counters.rx += 1;
-        if let Err(e) = s.fsm.handle_packet(&pkt, now, &mut self.out) {
-            tracing::trace!("BFD: packet from {src} ignored: {e}");
-        }
-        self.flush(src);
+        self.flush();
     }
 
-    /// Acts on the outputs `peer`'s session just produced.
-    fn flush(&mut self, peer: IpAddr) {
+    /// Acts on what the demux asked for.
+    fn flush(&mut self) {
         if self.out.is_empty() {
             return;
         }
-        let Some(s) = self.sessions.get_mut(&peer) else {
-            self.out.clear();
-            return;
-        };
         let now = Instant::now();
-        for o in self.out.drain(..) {
+        let mut out = std::mem::take(&mut self.out);
+        for o in out.drain(..) {
             match o {
-                Output::Send(p) => {
-                    let sent = match self.senders.get_mut(&s.local) {
-                        Some(t) => {
-                            if t.sock.is_none() && now >= t.retry_at {
-                                match bind_tx(s.local, &mut self.rng) {
-                                    Ok(sock) => t.sock = Some(sock),
-                                    Err(_) => t.retry_at = now + BIND_RETRY,
-                                }
-                            }
-                            match &t.sock {
-                                Some(sock) => sock
-                                    .send_to(&p.encode(), SocketAddr::new(peer, CONTROL_PORT))
-                                    .map(|_| ()),
-                                None => Err(io::Error::new(
-                                    io::ErrorKind::NotConnected,
-                                    "no send socket bound",
-                                )),
-                            }
-                        }
-                        None => Err(io::Error::other("no send socket")),
-                    };
-                    match sent {
-                        Ok(()) => s.counters.tx += 1,
-                        Err(e) => {
-                            if s.counters.tx_errors == 0 {
-                                tracing::warn!("BFD: cannot send to {peer}: {e}");
-                            }
-                            s.counters.tx_errors += 1;
-                            s.last_tx_error = Some(e.to_string());
+                demux::Output::Send {
+                    peer,
+                    local,
+                    packet,
+                } => self.send(peer, local, &packet, now),
+                demux::Output::Repeat {
+                    peer, packet, last, ..
+                } => {
+                    if let Some(sock) = self.repeat_socks.get(&peer) {
+                        if let Err(e) =
+                            sock.send_to(&packet.encode(), SocketAddr::new(peer, CONTROL_PORT))
+                        {
+                            tracing::debug!("BFD: AdminDown repeat to {peer} failed: {e}");
                         }
                     }
+                    if last {
+                        self.repeat_socks.remove(&peer);
+                    }
                 }
-                Output::StateChange { from, to, diag } => {
-                    s.changed = now;
+                demux::Output::StateChange {
+                    peer,
+                    from,
+                    to,
+                    diag,
+                    remote,
+                } => {
+                    let Some(l) = self.links.get(&peer) else {
+                        continue;
+                    };
                     if to == BfdState::Up || from == BfdState::Up {
                         tracing::info!("BFD: {peer} {from} -> {to} ({diag})");
                     } else {
                         tracing::debug!("BFD: {peer} {from} -> {to} ({diag})");
                     }
-                    s.remote_admin_down.store(
-                        s.fsm.remote_state() == BfdState::AdminDown,
-                        Ordering::Release,
-                    );
-                    s.tx.send_replace(to);
+                    l.remote_admin_down
+                        .store(remote == BfdState::AdminDown, Ordering::Release);
+                    l.tx.send_replace(to);
                 }
             }
         }
+        self.out = out;
+    }
+
+    /// Sends `peer`'s packet on `local`'s socket (binding it if a retry is
+    /// due), counted on the session.
+    fn send(&mut self, peer: IpAddr, local: IpAddr, packet: &ControlPacket, now: Instant) {
+        let Some(l) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let sent = match self.senders.get_mut(&local) {
+            Some(t) => {
+                if t.sock.is_none() && now >= t.retry_at {
+                    match bind_tx(local, &mut self.rng) {
+                        Ok(sock) => t.sock = Some(sock),
+                        Err(_) => t.retry_at = now + BIND_RETRY,
+                    }
+                }
+                match &t.sock {
+                    Some(sock) => sock
+                        .send_to(&packet.encode(), SocketAddr::new(peer, CONTROL_PORT))
+                        .map(|_| ()),
+                    None => Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "no send socket bound",
+                    )),
+                }
+            }
+            None => Err(io::Error::other("no send socket")),
+        };
+        match sent {
+            Ok(()) => l.sent += 1,
+            Err(e) => {
+                if l.tx_errors == 0 {
+                    tracing::warn!("BFD: cannot send to {peer}: {e}");
+                }
+                l.tx_errors += 1;
+                l.last_tx_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// The demux's receive counters as [`BfdCounters`] (no sends).
+fn counters(c: demux::Counters) -> BfdCounters {
+    BfdCounters {
+        rx: c.rx,
+        tx: 0,
+        tx_errors: 0,
+        dropped_bad_ttl: c.dropped_bad_ttl,
+        dropped_malformed: c.dropped_malformed,
+        dropped_auth: c.dropped_auth,
+        dropped_no_session: c.dropped_no_session,
     }
 }

@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let family = if flags & 1 != 0 { Family::V6 } else { Family::V4 };
+    let family = if flags & 1 != 0 {
+        Family::V6
+    } else {
+        Family::V4
+    };
     let mode = if flags & 2 != 0 {
         ChecksumMode::PseudoHeader
     } else {
@@ -54,7 +58,12 @@ fuzz_target!(|data: &[u8]| {
         Family::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
     };
-    let mut cfg = InstanceConfig::new(payload.get(1).copied().unwrap_or(1).max(1), 100, own, vec![vip]);
+    let mut cfg = InstanceConfig::new(
+        payload.get(1).copied().unwrap_or(1).max(1),
+        100,
+        own,
+        vec![vip],
+    );
     cfg.checksum_mode = mode;
     if let Ok(mut inst) = Instance::new(cfg) {
         let now = Instant::now();

@@ -686,8 +686,10 @@ impl Instance {
     }
 
     /// Tracking changed our priority (1..=255). A Master advertises the new
-    /// one at once; the Backups decide with their own preempt settings (RFC
-    /// 9568: a Master never steps down for its own priority).
+    /// one at once and stays Master: the Backups decide with their own
+    /// preempt settings (RFC 9568 has a Master step down only for an advert).
+    /// A Backup's running timer is kept; the next advert is judged, and
+    /// Skew_Time computed, with the new priority.
     pub fn set_priority(
         &mut self,
         priority: u8,

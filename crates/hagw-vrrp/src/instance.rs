@@ -31,11 +31,12 @@
 //!   and never become Master until a peer's advert or
 //!   [`Instance::unfence`] brings us back to Backup.
 //!
-//! RFC 9568 §7.1's "the local router is not the address owner" receive check
-//! was removed by erratum 8298 and is not applied: an owner as Master still
-//! answers priority-0 adverts and resolves a second, misconfigured owner.
+//! RFC 9568 §7.1 had an owner drop every advert; erratum 8298 (verified)
+//! turned that into "SHOULD log": adverts are processed as usual, so two
+//! misconfigured owners resolve to one Master, and an owner hearing another
+//! Master is counted in [`Counters::owner_conflict`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -80,7 +81,8 @@ pub struct InstanceConfig {
     /// source of our adverts, and the tie-breaker at equal priority. Its
     /// family is the instance's.
     pub source: IpAddr,
-    /// The protected addresses, 1..=255 of them, of the source's family.
+    /// The protected addresses, 1..=255 of them, of the source's family;
+    /// for IPv6 the first is link-local (RFC 9568 §6.1).
     pub virtual_addresses: Vec<IpAddr>,
     pub checksum_mode: ChecksumMode,
     /// Zero for none; at most [`MAX_STARTUP_DELAY`].
@@ -137,6 +139,11 @@ impl InstanceConfig {
                 addr,
             });
         }
+        if let Some(IpAddr::V6(first)) = self.virtual_addresses.first() {
+            if !first.is_unicast_link_local() {
+                return Err(ConfigError::FirstNotLinkLocal(*first));
+            }
+        }
         if self.startup_delay > MAX_STARTUP_DELAY {
             return Err(ConfigError::StartupDelay(self.startup_delay));
         }
@@ -161,6 +168,8 @@ pub enum ConfigError {
     NoPeers,
     #[error("{addr} is not of the family of the source {src}")]
     FamilyMismatch { src: IpAddr, addr: IpAddr },
+    #[error("the first IPv6 virtual address {0} is not link-local")]
+    FirstNotLinkLocal(Ipv6Addr),
     #[error("startup delay {0:?} exceeds an hour")]
     StartupDelay(Duration),
 }
@@ -286,6 +295,9 @@ pub struct Counters {
     /// Accepted adverts whose address list differs from ours (RFC 9568 §7.1:
     /// MAY be logged, still accepted).
     pub address_list_mismatch: u64,
+    /// Adverts (priority above 0) heard while we are the address owner: a
+    /// second owner or Master is misconfigured (RFC 9568 erratum 8298: log).
+    pub owner_conflict: u64,
     pub other_vrid: u64,
     /// Dropped while in Initialize.
     pub drop_not_running: u64,
@@ -587,6 +599,9 @@ impl Instance {
         theirs.sort_unstable();
         if theirs != self.sorted_vips {
             self.counters.address_list_mismatch += 1;
+        }
+        if self.priority == OWNER_PRIORITY && adv.priority != 0 {
+            self.counters.owner_conflict += 1;
         }
         self.on_advert(src, &adv, now, out);
         Ok(())

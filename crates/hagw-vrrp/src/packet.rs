@@ -138,6 +138,8 @@ pub enum DecodeError {
     ChecksumMismatch { expected: u16, got: u16 },
     #[error("Max Adver Int is 0")]
     ZeroInterval,
+    #[error("the first IPv6 address {0} is not link-local")]
+    FirstNotLinkLocal(Ipv6Addr),
 }
 
 /// Why an advertisement cannot be put on the wire.
@@ -204,9 +206,10 @@ impl Advertisement {
     /// Decodes the IP payload `buf` of a packet from `src` to `dst` (the
     /// destination goes into the IPv6 and the PseudoHeader checksums).
     /// Checks, in order: the header is there, version 3, type 1, `src` and
-    /// `dst` are `family`, a nonzero address count that matches the length
-    /// exactly, the checksum, and a nonzero Max Adver Int (RFC 9568 erratum
-    /// 8301). The reserved bits are ignored.
+    /// `dst` are `family`, a nonzero address count (erratum 8299) that
+    /// matches the length exactly, the checksum, a nonzero Max Adver Int
+    /// (erratum 8301) and, for IPv6, a link-local first address (§5.2.9,
+    /// erratum 8300). The reserved bits are ignored.
     pub fn decode(
         buf: &[u8],
         family: Family,
@@ -268,7 +271,12 @@ impl Advertisement {
                     IpAddr::V6(Ipv6Addr::from(o))
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        if let Some(IpAddr::V6(first)) = addresses.first() {
+            if !first.is_unicast_link_local() {
+                return Err(DecodeError::FirstNotLinkLocal(*first));
+            }
+        }
         Ok(Advertisement {
             vrid: h[1],
             priority: h[2],
@@ -476,7 +484,7 @@ mod tests {
                         .map(|i| match family {
                             Family::V4 => IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)),
                             Family::V6 => {
-                                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16))
+                                IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16))
                             }
                         })
                         .collect();
@@ -587,6 +595,24 @@ mod tests {
             })
         );
         assert_eq!(with(|v| v[4..6].fill(0)), Err(DecodeError::ZeroInterval));
+        let global_first = Advertisement {
+            addresses: vec![v6("2001:db8::1"), v6("fe80::1")],
+            ..sample_v6()
+        };
+        let (s6, d6) = (v6("fe80::a"), v6("ff02::12"));
+        let wire = global_first.encode(s6, d6, ChecksumMode::Rfc9568);
+        assert_eq!(
+            Advertisement::decode(
+                &wire.unwrap_or_default(),
+                Family::V6,
+                s6,
+                d6,
+                ChecksumMode::Rfc9568
+            ),
+            Err(DecodeError::FirstNotLinkLocal(
+                "2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)
+            ))
+        );
         // The 4 reserved bits are ignored, and do not make 0 nonzero.
         assert_eq!(
             with(|v| v[4] = 0xf0).map(|a| a.max_advert_interval_cs),

@@ -165,6 +165,15 @@ fn config_is_validated() {
             addr: v6
         })
     );
+    let ll = |s: &str| s.parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::LOCALHOST);
+    let mut c6 = InstanceConfig::new(1, 100, IpAddr::V6(ll("fe80::1")), vec![]);
+    c6.virtual_addresses = vec![IpAddr::V6(ll("2001:db8::1")), IpAddr::V6(ll("fe80::100"))];
+    assert_eq!(
+        c6.validate(),
+        Err(ConfigError::FirstNotLinkLocal(ll("2001:db8::1")))
+    );
+    c6.virtual_addresses.reverse();
+    assert_eq!(c6.validate(), Ok(()));
     let long = MAX_STARTUP_DELAY + MS;
     assert_eq!(
         check(&|c| c.startup_delay = long),
@@ -207,6 +216,11 @@ fn owner_becomes_master_at_once() {
         assert_eq!(i.next_deadline(), Some(t0 + SEC * (k + 1)));
     }
     assert_eq!(i.counters().adverts_out, 4);
+    // Another owner, from a lower address: counted, and beaten.
+    let out = feed(&mut i, 0, &advert(255, 0, 100), t0 + 4 * SEC);
+    assert!(out.contains(&Output::Announce(vec![vip()])));
+    assert_eq!(i.counters().owner_conflict, 1);
+    assert_eq!(i.state(), StateKind::Master);
 }
 
 #[test]

@@ -38,6 +38,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
 
+use crate::PROTOCOL;
+
 /// The only version this crate speaks (RFC 9568 §5.2.1).
 pub const VERSION: u8 = 3;
 /// Type 1, ADVERTISEMENT: the only type defined (RFC 9568 §5.2.2).
@@ -46,8 +48,6 @@ pub const TYPE_ADVERTISEMENT: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Max Adver Int is 12 bits of centiseconds (RFC 9568 §5.2.7).
 pub const MAX_INTERVAL_CS: u16 = 0x0fff;
-/// IP protocol number of VRRP, the pseudo-header's next header.
-const PROTOCOL: u8 = 112;
 
 /// The address family of a virtual router: it decides the address size and
 /// the checksum rule, and one instance never mixes the two (RFC 9568 §1).

@@ -261,18 +261,80 @@ pub enum Action {
     },
 }
 
+/// Where the session is, with the data that state has and no other: there is
+/// no Established without what its OPEN negotiated, no hold timer in Idle.
+#[derive(Debug)]
+enum Phase {
+    Idle {
+        /// When an active session connects again (§8.1.1 automatic start).
+        retry_at: Option<Instant>,
+        /// What the Established session that just ended negotiated: the driver
+        /// reads its graceful restart after the Disconnect.
+        ended: Option<Negotiated>,
+    },
+    /// Our connection attempt is under way (the driver times it out).
+    Connect,
+    Active {
+        /// ConnectRetryTimer; None for a passive session.
+        retry_at: Option<Instant>,
+    },
+    OpenSent {
+        /// The large hold timer that guards waiting for the OPEN (§8.2.2).
+        hold_at: Instant,
+    },
+    OpenConfirm(Opened),
+    Established(Opened),
+}
+
+/// An accepted OPEN: what it negotiated and the two timers it runs.
+#[derive(Debug)]
+struct Opened {
+    negotiated: Negotiated,
+    /// None when the negotiated hold time is 0.
+    hold_at: Option<Instant>,
+    keepalive_at: Option<Instant>,
+}
+
+impl Opened {
+    /// The negotiated hold time; None when it is 0 (no timers at all).
+    fn hold(&self) -> Option<Duration> {
+        match self.negotiated.hold_time {
+            0 => None,
+            h => Some(Duration::from_secs(u64::from(h))),
+        }
+    }
+
+    fn restart_hold(&mut self, now: Instant) {
+        self.hold_at = self.hold().map(|h| now + h);
+    }
+
+    fn restart_keepalive(&mut self, now: Instant) {
+        // §4.4: a third of the hold time; no keepalives when the hold time is 0.
+        self.keepalive_at = self.hold().map(|h| now + h / 3);
+    }
+}
+
+impl Phase {
+    fn state(&self) -> State {
+        match self {
+            Phase::Idle { .. } => State::Idle,
+            Phase::Connect => State::Connect,
+            Phase::Active { .. } => State::Active,
+            Phase::OpenSent { .. } => State::OpenSent,
+            Phase::OpenConfirm(_) => State::OpenConfirm,
+            Phase::Established(_) => State::Established,
+        }
+    }
+}
+
 /// One BGP connection's state machine.
 #[derive(Debug)]
 pub struct Session {
     cfg: Arc<SessionConfig>,
-    state: State,
+    phase: Phase,
     /// Active sessions reconnect by themselves; passive ones end in Idle.
     passive: bool,
     ctx: CodecCtx,
-    negotiated: Option<Negotiated>,
-    hold_deadline: Option<Instant>,
-    keepalive_deadline: Option<Instant>,
-    retry_deadline: Option<Instant>,
     retry_interval: Duration,
     last_down: Option<DownReason>,
 }
@@ -285,29 +347,33 @@ impl Session {
     pub fn new(cfg: Arc<SessionConfig>) -> Session {
         Session {
             cfg,
-            state: State::Idle,
+            phase: Phase::Idle {
+                retry_at: None,
+                ended: None,
+            },
             passive: false,
             ctx: CodecCtx::default(),
-            negotiated: None,
-            hold_deadline: None,
-            keepalive_deadline: None,
-            retry_deadline: None,
             retry_interval: FIRST_RETRY,
             last_down: None,
         }
     }
 
     pub fn state(&self) -> State {
-        self.state
+        self.phase.state()
     }
 
     pub fn config(&self) -> &Arc<SessionConfig> {
         &self.cfg
     }
 
-    /// Set once an OPEN is accepted (OpenConfirm and Established).
+    /// What the peer's OPEN negotiated: in OpenConfirm and Established, and in
+    /// Idle right after an Established session ended.
     pub fn negotiated(&self) -> Option<&Negotiated> {
-        self.negotiated.as_ref()
+        match &self.phase {
+            Phase::OpenConfirm(o) | Phase::Established(o) => Some(&o.negotiated),
+            Phase::Idle { ended, .. } => ended.as_ref(),
+            Phase::Connect | Phase::Active { .. } | Phase::OpenSent { .. } => None,
+        }
     }
 
     pub fn codec(&self) -> &CodecCtx {
@@ -320,20 +386,20 @@ impl Session {
 
     /// The earliest instant at which [`Session::on_timer`] has work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.hold_deadline,
-            self.keepalive_deadline,
-            self.retry_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        match &self.phase {
+            Phase::Idle { retry_at, .. } | Phase::Active { retry_at } => *retry_at,
+            Phase::Connect => None,
+            Phase::OpenSent { hold_at } => Some(*hold_at),
+            Phase::OpenConfirm(o) | Phase::Established(o) => {
+                [o.hold_at, o.keepalive_at].into_iter().flatten().min()
+            }
+        }
     }
 
     /// Administrative and TCP events.
     pub fn handle(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         use State::*;
-        match (self.state, ev) {
+        match (self.state(), ev) {
             (Idle, Event::ManualStart) => {
                 self.passive = false;
                 self.retry_interval = FIRST_RETRY;
@@ -341,11 +407,11 @@ impl Session {
             }
             (Idle, Event::AutomaticStart) => {
                 self.passive = false;
-                self.retry_deadline = Some(now + self.retry_interval);
+                self.set_retry(Some(now + self.retry_interval));
             }
             (Idle, Event::ManualStartWithPassiveTcpEstablishment) => {
                 self.passive = true;
-                self.state = Active;
+                self.phase = Phase::Active { retry_at: None };
             }
             (
                 _,
@@ -353,12 +419,12 @@ impl Session {
                 | Event::AutomaticStart
                 | Event::ManualStartWithPassiveTcpEstablishment,
             ) => {}
-            (Idle, Event::ManualStop) => {
-                self.retry_deadline = None;
-            }
+            (Idle, Event::ManualStop) => self.set_retry(None),
             (Connect | Active, Event::ManualStop) => {
-                self.retry_deadline = None;
-                self.state = Idle;
+                self.phase = Phase::Idle {
+                    retry_at: None,
+                    ended: None,
+                };
                 // Nothing was said on the wire: just drop whatever connection is pending.
                 self.passive = true;
                 out.push(Action::Disconnect {
@@ -379,22 +445,23 @@ impl Session {
                 );
             }
             (Connect | Active, Event::TcpCrAcked | Event::TcpConnectionConfirmed) => {
-                self.retry_deadline = None;
-                self.state = OpenSent;
-                self.hold_deadline = Some(now + LARGE_HOLD);
+                self.phase = Phase::OpenSent {
+                    hold_at: now + LARGE_HOLD,
+                };
                 out.push(Action::Send(self.cfg.open.clone()));
             }
             (Connect, Event::TcpConnectionFails) => {
                 // §8.2.2 Connect, Event 18: wait for the retry timer in Active.
-                self.state = Active;
-                self.retry_deadline = Some(now + self.retry_interval);
+                self.phase = Phase::Active {
+                    retry_at: Some(now + self.retry_interval),
+                };
                 self.bump_retry();
             }
             (Active, Event::TcpConnectionFails) => {
                 if self.passive {
                     self.enter_idle(DownReason::TcpFailed, now, out);
                 } else {
-                    self.retry_deadline = Some(now + self.retry_interval);
+                    self.set_retry(Some(now + self.retry_interval));
                     self.bump_retry();
                 }
             }
@@ -443,7 +510,7 @@ impl Session {
     pub fn receive(&mut self, buf: &[u8], now: Instant, out: &mut Vec<Action>) -> usize {
         let mut off = 0;
         while matches!(
-            self.state,
+            self.state(),
             State::OpenSent | State::OpenConfirm | State::Established
         ) {
             let rest = buf.get(off..).unwrap_or_default();
@@ -467,7 +534,7 @@ impl Session {
                 }
             }
         }
-        if self.state == State::Idle || self.state == State::Active {
+        if matches!(self.state(), State::Idle | State::Active) {
             // The connection is going away: nothing left is worth keeping.
             return buf.len();
         }
@@ -476,9 +543,13 @@ impl Session {
 
     /// Timer expiries due at `now`.
     pub fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.hold_deadline.is_some_and(|d| d <= now) {
+        let hold_at = match &self.phase {
+            Phase::OpenSent { hold_at } => Some(*hold_at),
+            Phase::OpenConfirm(o) | Phase::Established(o) => o.hold_at,
+            Phase::Idle { .. } | Phase::Connect | Phase::Active { .. } => None,
+        };
+        if hold_at.is_some_and(|d| d <= now) {
             // Event 10: HoldTimer_Expires.
-            self.hold_deadline = None;
             self.notify_and_close(
                 Notification {
                     code: err::HOLD_EXPIRED,
@@ -490,31 +561,45 @@ impl Session {
             );
             return;
         }
-        if self.keepalive_deadline.is_some_and(|d| d <= now) {
-            // Event 11: KeepaliveTimer_Expires.
-            out.push(Action::Send(keepalive()));
-            self.restart_keepalive(now);
-        }
-        if self.retry_deadline.is_some_and(|d| d <= now) {
-            // Event 9: ConnectRetryTimer_Expires, or the end of our idle hold after a
-            // failure: either way, try to connect again.
-            self.retry_deadline = None;
-            if matches!(self.state, State::Active | State::Connect | State::Idle) && !self.passive {
-                self.enter_connect(out);
+        match &mut self.phase {
+            Phase::OpenConfirm(o) | Phase::Established(o) => {
+                if o.keepalive_at.is_some_and(|d| d <= now) {
+                    // Event 11: KeepaliveTimer_Expires.
+                    out.push(Action::Send(keepalive()));
+                    o.restart_keepalive(now);
+                }
             }
+            Phase::Idle { retry_at, .. } | Phase::Active { retry_at } => {
+                if retry_at.is_some_and(|d| d <= now) {
+                    // Event 9: ConnectRetryTimer_Expires, or the end of our idle
+                    // hold after a failure: either way, try to connect again.
+                    *retry_at = None;
+                    if !self.passive {
+                        self.enter_connect(out);
+                    }
+                }
+            }
+            Phase::Connect | Phase::OpenSent { .. } => {}
         }
     }
 
     /// The driver wrote an UPDATE: a KEEPALIVE is not needed until later (§4.4).
     pub fn sent_update(&mut self, now: Instant) {
-        if self.state == State::Established {
-            self.restart_keepalive(now);
+        if let Phase::Established(o) = &mut self.phase {
+            o.restart_keepalive(now);
         }
     }
 
     fn enter_connect(&mut self, out: &mut Vec<Action>) {
-        self.state = State::Connect;
+        self.phase = Phase::Connect;
         out.push(Action::Connect);
+    }
+
+    /// Sets the retry timer of Idle or Active (the states that have one).
+    fn set_retry(&mut self, at: Option<Instant>) {
+        if let Phase::Idle { retry_at, .. } | Phase::Active { retry_at } = &mut self.phase {
+            *retry_at = at;
+        }
     }
 
     fn bump_retry(&mut self) {
@@ -523,16 +608,19 @@ impl Session {
 
     fn on_message(&mut self, m: Message, now: Instant, out: &mut Vec<Action>) {
         use State::*;
-        match (self.state, m) {
+        match (self.state(), m) {
             (OpenSent, Message::Open(open)) => self.on_open(open, now, out),
             (OpenConfirm, Message::Keepalive) => {
                 // Event 26 in OpenConfirm.
-                self.state = Established;
-                self.restart_hold(now);
+                self.phase = match self.take_phase() {
+                    Phase::OpenConfirm(mut o) => {
+                        o.restart_hold(now);
+                        out.push(Action::Established(Box::new(o.negotiated.clone())));
+                        Phase::Established(o)
+                    }
+                    other => other,
+                };
                 self.retry_interval = FIRST_RETRY;
-                if let Some(n) = &self.negotiated {
-                    out.push(Action::Established(Box::new(n.clone())));
-                }
             }
             (Established, Message::Keepalive) => self.restart_hold(now),
             (Established, Message::Update(u)) => {
@@ -543,8 +631,7 @@ impl Session {
                 self.restart_hold(now);
                 // RFC 2918 §4: a family we did not negotiate is ignored.
                 let ok = self
-                    .negotiated
-                    .as_ref()
+                    .negotiated()
                     .is_some_and(|n| n.has_family(rr.afi, rr.safi));
                 if ok {
                     out.push(Action::RouteRefresh {
@@ -622,36 +709,36 @@ impl Session {
             .collect();
         let hold_time = cfg.hold_time.min(open.hold_time);
         self.ctx = CodecCtx { four_octet_as };
-        self.negotiated = Some(Negotiated {
-            remote_asn: open.asn,
-            remote_id: open.bgp_id,
-            hold_time,
-            families,
-            four_octet_as,
-            route_refresh: open.supports_route_refresh(),
-            graceful_restart: open.graceful_restart().cloned(),
-        });
-        self.state = State::OpenConfirm;
+        let mut o = Opened {
+            negotiated: Negotiated {
+                remote_asn: open.asn,
+                remote_id: open.bgp_id,
+                hold_time,
+                families,
+                four_octet_as,
+                route_refresh: open.supports_route_refresh(),
+                graceful_restart: open.graceful_restart().cloned(),
+            },
+            hold_at: None,
+            keepalive_at: None,
+        };
         out.push(Action::Send(keepalive()));
-        self.restart_hold(now);
-        self.restart_keepalive(now);
+        o.restart_hold(now);
+        o.restart_keepalive(now);
+        self.phase = Phase::OpenConfirm(o);
     }
 
-    fn negotiated_hold(&self) -> Option<Duration> {
-        match self.negotiated.as_ref().map(|n| n.hold_time) {
-            Some(0) => None,
-            Some(h) => Some(Duration::from_secs(u64::from(h))),
-            None => Some(LARGE_HOLD),
+    /// Restarts the hold timer of OpenConfirm or Established.
+    fn restart_hold(&mut self, now: Instant) {
+        if let Phase::OpenConfirm(o) | Phase::Established(o) = &mut self.phase {
+            o.restart_hold(now);
         }
     }
 
-    fn restart_hold(&mut self, now: Instant) {
-        self.hold_deadline = self.negotiated_hold().map(|h| now + h);
-    }
-
-    fn restart_keepalive(&mut self, now: Instant) {
-        // §4.4: a third of the hold time; no keepalives when the hold time is 0.
-        self.keepalive_deadline = self.negotiated_hold().map(|h| now + h / 3);
+    /// Moves the phase out; the caller puts the next one in at once (the
+    /// placeholder is never seen).
+    fn take_phase(&mut self) -> Phase {
+        std::mem::replace(&mut self.phase, Phase::Connect)
     }
 
     fn notify_and_close(&mut self, n: Notification, now: Instant, out: &mut Vec<Action>) {
@@ -668,23 +755,21 @@ impl Session {
     /// Leave the connected states. Active sessions come back by themselves after
     /// the retry interval (§8.1.1 automatic start); passive ones stay Idle.
     fn enter_idle(&mut self, reason: DownReason, now: Instant, out: &mut Vec<Action>) {
-        let was_established = self.state == State::Established;
-        self.state = State::Idle;
-        self.hold_deadline = None;
-        self.keepalive_deadline = None;
-        self.retry_deadline = None;
-        if !was_established {
-            self.negotiated = None;
+        let ended = match self.take_phase() {
+            Phase::Established(o) => Some(o.negotiated),
+            _ => None,
+        };
+        let was_established = ended.is_some();
+        let retry_at = (!self.passive).then(|| now + self.retry_interval);
+        if retry_at.is_some() {
+            self.bump_retry();
         }
+        self.phase = Phase::Idle { retry_at, ended };
         self.last_down = Some(reason.clone());
         out.push(Action::Disconnect {
             reason,
             was_established,
         });
-        if !self.passive {
-            self.retry_deadline = Some(now + self.retry_interval);
-            self.bump_retry();
-        }
     }
 }
 

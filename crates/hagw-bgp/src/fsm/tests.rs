@@ -487,3 +487,60 @@ fn bfd_down_closes_the_session_with_cease_bfd_down() {
         })
     ));
 }
+
+/// The driver decides on graceful restart after the Disconnect, from what the
+/// ended session negotiated; a session that never got there has nothing.
+#[test]
+fn negotiated_stays_readable_in_idle_after_an_established_session_ends() {
+    let t = Instant::now();
+    let mut s = established(90, t);
+    let mut out = Vec::new();
+    s.handle(Event::TcpConnectionFails, t, &mut out);
+    assert_eq!(s.state(), State::Idle);
+    assert_eq!(s.negotiated().map(|n| n.remote_asn), Some(PEER_ASN));
+
+    let (mut s, _) = open_sent(cfg(PeerAs::External, 90), t);
+    s.handle(Event::TcpConnectionFails, t, &mut out);
+    assert_eq!(s.state(), State::Idle);
+    assert_eq!(s.negotiated(), None);
+}
+
+/// Reconnecting leaves the ended session behind: Connect, Active and OpenSent
+/// have no negotiated values.
+#[test]
+fn an_active_session_reconnecting_forgets_the_ended_session() {
+    let t = Instant::now();
+    let mut s = Session::new(cfg(PeerAs::External, 90));
+    let mut out = Vec::new();
+    s.handle(Event::ManualStart, t, &mut out);
+    s.handle(Event::TcpCrAcked, t, &mut out);
+    s.receive(&peer_open(PEER_ASN, 90, full_caps(PEER_ASN)), t, &mut out);
+    s.receive(&keepalive_bytes(), t, &mut out);
+    s.handle(Event::TcpConnectionFails, t, &mut out);
+    assert!(s.negotiated().is_some());
+    out.clear();
+    s.on_timer(t + Duration::from_secs(1), &mut out);
+    assert_eq!(out, vec![Action::Connect]);
+    assert_eq!(s.state(), State::Connect);
+    assert_eq!(s.negotiated(), None);
+    s.handle(Event::TcpCrAcked, t, &mut out);
+    assert_eq!(s.state(), State::OpenSent);
+    assert_eq!(s.negotiated(), None);
+}
+
+#[test]
+fn openconfirm_runs_the_negotiated_hold_and_keepalive_timers() {
+    let t = Instant::now();
+    let (mut s, _) = open_sent(cfg(PeerAs::External, 9), t);
+    let mut out = Vec::new();
+    s.receive(&peer_open(PEER_ASN, 9, full_caps(PEER_ASN)), t, &mut out);
+    assert_eq!(s.state(), State::OpenConfirm);
+    assert_eq!(s.next_deadline(), Some(t + Duration::from_secs(3)));
+    out.clear();
+    s.on_timer(t + Duration::from_secs(3), &mut out);
+    assert_eq!(out, vec![Action::Send(keepalive())]);
+    out.clear();
+    s.on_timer(t + Duration::from_secs(9), &mut out);
+    assert_eq!(sent_notification(&out), Some((4, 0)));
+    assert_eq!(s.negotiated(), None, "it never was Established");
+}

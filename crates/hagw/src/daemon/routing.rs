@@ -3,33 +3,25 @@
 //! should have. Protocols never touch netlink; this is where "prefix P via these
 //! next hops" is handed over.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hagw_bgp::graceful_restart::{Output, Restarts, Timer};
 use hagw_bgp::packet::{Update, AFI_IPV6};
 use hagw_bgp::rib::{Change, Path, Rib};
 use hagw_kernel::{pinning::Pinning, FibSync, Nexthop, RouteOwner};
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::peer::PeerShared;
 
-/// After a restarting peer is back, its stale routes wait this long at most
-/// for its End-of-RIB (RFC 4724 §4.2 allows such an upper bound; FRR's
-/// stalepath-time default). Its restart timer stops when it is back.
-const STALE_PATH_TIME: Duration = Duration::from_secs(360);
-
-/// Sends `StaleTimer { peer, epoch }` after `d`.
-fn stale_timer(tx: &mpsc::UnboundedSender<RibEvent>, peer: IpAddr, epoch: u64, d: Duration) {
-    let t = tx.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(d).await;
-        let _ = t.send(RibEvent::StaleTimer { peer, epoch });
-    });
-}
+/// Our own restart's selection deferral (RFC 4724 §4.1): see
+/// [`hagw_bgp::graceful_restart`].
+pub use hagw_bgp::graceful_restart::Deferral;
 
 pub enum RibEvent {
     Up {
@@ -52,26 +44,9 @@ pub enum RibEvent {
     },
     /// The current multipath sets, for `hagw status`.
     Routes(oneshot::Sender<Vec<(IpNet, Vec<IpAddr>)>>),
-    /// A restarting peer's time is up (RFC 4724 §4.2); `epoch` tells an old
-    /// timer from the current one.
-    StaleTimer { peer: IpAddr, epoch: u64 },
-    /// Our own restart's selection deferral is over.
-    DeferralEnd,
     /// A configured neighbor could not be reached: no answer or no route, or
     /// refusals for 10 s (a refusing neighbor is alive, its BGP restarting).
     Unreachable { peer: IpAddr },
-}
-
-/// We restarted with graceful restart: the kernel still holds the routes of our
-/// previous run. Until every configured neighbor has sent End-of-RIB (or the
-/// restart time passes) the kernel is left alone, then brought to the new RIB in
-/// one pass and what was not refreshed is removed (RFC 4724 §4.1). A neighbor
-/// that cannot be reached (or has refused us for 10 s), or whose session ends
-/// hard, is not waited for: it would freeze the kernel's routes, its own stale
-/// next hop included.
-pub struct Deferral {
-    pub neighbors: HashSet<IpAddr>,
-    pub limit: Duration,
 }
 
 struct PeerInfo {
@@ -82,35 +57,72 @@ struct PeerInfo {
     remote_id: u32,
 }
 
+/// The RIB task. `_tx` is no longer used: timers are deadlines of the sans-IO
+/// core, not tasks sending events back. Held anyway, as before, so the task
+/// outlives its other senders; drop it from the signature with the caller.
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<RibEvent>,
-    tx: mpsc::UnboundedSender<RibEvent>,
+    _tx: mpsc::UnboundedSender<RibEvent>,
     max_paths: usize,
     fib: Option<FibSync>,
     deferral: Option<Deferral>,
     pin: Option<Pinning>,
 ) {
-    let mut rib = Rib::new(max_paths);
-    let mut peers: HashMap<IpAddr, PeerInfo> = HashMap::new();
-    let mut changes = Vec::new();
-    let mut epochs: HashMap<IpAddr, u64> = HashMap::new();
-    let (mut deferring, mut waiting_eor) = match deferral {
-        Some(d) if fib.is_some() => {
-            let t = tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(d.limit).await;
-                let _ = t.send(RibEvent::DeferralEnd);
-            });
-            tracing::info!(
-                "graceful restart: keeping the previous run's routes until {} neighbor(s) send End-of-RIB",
-                d.neighbors.len()
-            );
-            (true, d.neighbors)
-        }
-        _ => (false, HashSet::new()),
+    // Without a kernel to sync there is nothing to defer.
+    let deferral = deferral.filter(|_| fib.is_some());
+    if let Some(d) = &deferral {
+        tracing::info!(
+            "graceful restart: keeping the previous run's routes until {} neighbor(s) send End-of-RIB",
+            d.neighbors.len()
+        );
+    }
+    let mut task = Task {
+        rib: Rib::new(max_paths),
+        gr: Restarts::new(deferral, now()),
+        peers: HashMap::new(),
+        changes: Vec::new(),
+        out: Vec::new(),
     };
-    while let Some(ev) = rx.recv().await {
-        let mut end_deferral = false;
+    loop {
+        let deadline = task.gr.next_deadline().map(Instant::from_std);
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => task.on_event(ev),
+                None => return,
+            },
+            () = sleep_until(deadline) => task.gr.on_timer(&mut task.rib, now(), &mut task.out),
+        }
+        for o in task.out.drain(..) {
+            apply(o, fib.as_ref(), pin.as_ref());
+        }
+    }
+}
+
+/// `now` on tokio's clock (paused in tests), as the core's `std` instant.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Task {
+    rib: Rib,
+    /// Graceful restart beside the RIB; every change reaches the kernel
+    /// through it.
+    gr: Restarts,
+    peers: HashMap<IpAddr, PeerInfo>,
+    changes: Vec<Change>,
+    out: Vec<Output>,
+}
+
+impl Task {
+    fn on_event(&mut self, ev: RibEvent) {
+        let (rib, gr, out) = (&mut self.rib, &mut self.gr, &mut self.out);
         match ev {
             RibEvent::Up {
                 peer,
@@ -121,33 +133,13 @@ pub async fn run(
             } => {
                 // The same address's previous session has not reported its end
                 // yet: it has ended now (its late Down will be ignored).
-                if peers.get(&peer.address).is_some_and(|i| i.id != peer.id) {
-                    match &graceful_restart {
-                        Some(_) => rib.peer_restarting(peer.address),
-                        None => rib.peer_down(peer.address, &mut changes),
-                    }
-                }
-                // RFC 4724 §4.2: back without GR, or without forwarding state
-                // kept for a family (F bit clear, family absent): those stale
-                // paths go now; the others wait for End-of-RIB.
-                match &graceful_restart {
-                    None => rib.sweep_stale(peer.address, None, &mut changes),
-                    Some(kept) => {
-                        for v6 in [false, true] {
-                            if !kept.contains(&v6) {
-                                rib.sweep_stale(peer.address, Some(v6), &mut changes);
-                            }
-                        }
-                    }
-                }
-                // Back: the restart timer stops; what is still stale waits for
-                // End-of-RIB, bounded by the stale-path time.
-                let epoch = epochs.entry(peer.address).or_default();
-                *epoch += 1;
-                if rib.stale_count(peer.address) > 0 {
-                    stale_timer(&tx, peer.address, *epoch, STALE_PATH_TIME);
-                }
-                peers.insert(
+                let replaces = self
+                    .peers
+                    .get(&peer.address)
+                    .is_some_and(|i| i.id != peer.id);
+                let kept = graceful_restart.as_deref();
+                gr.peer_up(rib, peer.address, kept, replaces, now(), out);
+                self.peers.insert(
                     peer.address,
                     PeerInfo {
                         id: peer.id,
@@ -158,50 +150,36 @@ pub async fn run(
                 );
             }
             RibEvent::Update { peer, update } => {
-                let Some(info) = peers.get(&peer.address).filter(|i| i.id == peer.id) else {
-                    continue;
+                let Some(info) = self.peers.get(&peer.address).filter(|i| i.id == peer.id) else {
+                    return;
                 };
-                apply_update(&mut rib, peer.address, info, &update, &mut changes);
+                apply_update(rib, peer.address, info, &update, &mut self.changes);
+                gr.forward(&mut self.changes, out);
                 if let Some((afi, _)) = update.is_end_of_rib() {
-                    rib.sweep_stale(peer.address, Some(afi == AFI_IPV6), &mut changes);
-                    if waiting_eor.remove(&peer.address) && deferring && waiting_eor.is_empty() {
-                        end_deferral = true;
-                    }
+                    gr.end_of_rib(rib, peer.address, afi == AFI_IPV6, out);
                 }
                 peer.received
                     .store(rib.received_from(peer.address), Ordering::Relaxed);
             }
             RibEvent::Down { peer, stale_for } => {
                 // A late Down of a replaced session must not touch its successor.
-                if peers.get(&peer.address).is_some_and(|i| i.id != peer.id) {
-                    continue;
+                if self
+                    .peers
+                    .get(&peer.address)
+                    .is_some_and(|i| i.id != peer.id)
+                {
+                    return;
                 }
-                peers.remove(&peer.address);
-                let epoch = epochs.entry(peer.address).or_default();
-                *epoch += 1;
-                match stale_for {
-                    Some(d) => {
-                        tracing::info!(peer = %peer.address, "graceful restart: keeping its routes for {d:?}");
-                        rib.peer_restarting(peer.address);
-                        stale_timer(&tx, peer.address, *epoch, d);
-                    }
-                    None => {
-                        rib.peer_down(peer.address, &mut changes);
-                        peer.received.store(0, Ordering::Relaxed);
-                        end_deferral = stop_waiting(&mut waiting_eor, peer.address, deferring);
-                    }
+                self.peers.remove(&peer.address);
+                if let Some(d) = stale_for {
+                    tracing::info!(peer = %peer.address, "graceful restart: keeping its routes for {d:?}");
+                }
+                gr.peer_down(rib, peer.address, stale_for, now(), out);
+                if stale_for.is_none() {
+                    peer.received.store(0, Ordering::Relaxed);
                 }
             }
-            RibEvent::StaleTimer { peer, epoch } => {
-                if epochs.get(&peer) == Some(&epoch) && rib.stale_count(peer) > 0 {
-                    tracing::info!(peer = %peer, "graceful restart: its restart (or stale-path) time is over, removing its stale routes");
-                    rib.sweep_stale(peer, None, &mut changes);
-                }
-            }
-            RibEvent::DeferralEnd => end_deferral = deferring,
-            RibEvent::Unreachable { peer } => {
-                end_deferral = stop_waiting(&mut waiting_eor, peer, deferring);
-            }
+            RibEvent::Unreachable { peer } => gr.unreachable(rib, peer, out),
             RibEvent::Routes(tx) => {
                 let _ = tx.send(
                     rib.installed()
@@ -211,51 +189,45 @@ pub async fn run(
                 );
             }
         }
-        if deferring {
-            changes.clear();
-            if !end_deferral {
-                continue;
-            }
-            deferring = false;
-            tracing::info!("graceful restart: selection deferral over, syncing the kernel");
-            changes.extend(rib.installed().iter().map(|(p, n)| Change {
-                prefix: *p,
-                next_hops: n.clone(),
-            }));
-        }
-        if let Some(fib) = &fib {
-            for Change { prefix, next_hops } in changes.drain(..) {
-                let nhs: Vec<Nexthop> = next_hops
-                    .into_iter()
-                    .map(|addr| Nexthop {
-                        addr,
-                        ifindex: None,
-                    })
-                    .collect();
-                // FIB first; pinning follows the default route's next hops
-                // (a message to its task: never blocks).
-                let pin_nhs = (prefix.prefix_len() == 0).then(|| nhs.clone());
-                fib.set_route(RouteOwner::Bgp, prefix, nhs);
-                if let (Some(pin), Some(nhs)) = (&pin, pin_nhs) {
-                    pin.set_default(prefix, nhs);
-                }
-            }
-            if end_deferral {
-                fib.purge_stale();
-            }
-        } else {
-            changes.clear();
-        }
     }
 }
 
-/// Stops waiting for `peer`'s End-of-RIB; true if that ends the deferral.
-fn stop_waiting(waiting: &mut HashSet<IpAddr>, peer: IpAddr, deferring: bool) -> bool {
-    if waiting.remove(&peer) {
-        tracing::info!(peer = %peer, "graceful restart: not waiting for this neighbor's End-of-RIB");
-        deferring && waiting.is_empty()
-    } else {
-        false
+/// Carries out one output of the graceful-restart core.
+fn apply(o: Output, fib: Option<&FibSync>, pin: Option<&Pinning>) {
+    match o {
+        Output::Route(Change { prefix, next_hops }) => {
+            let Some(fib) = fib else { return };
+            let nhs: Vec<Nexthop> = next_hops
+                .into_iter()
+                .map(|addr| Nexthop {
+                    addr,
+                    ifindex: None,
+                })
+                .collect();
+            // FIB first; pinning follows the default route's next hops
+            // (a message to its task: never blocks).
+            let pin_nhs = (prefix.prefix_len() == 0).then(|| nhs.clone());
+            fib.set_route(RouteOwner::Bgp, prefix, nhs);
+            if let (Some(pin), Some(nhs)) = (pin, pin_nhs) {
+                pin.set_default(prefix, nhs);
+            }
+        }
+        Output::DeferralOver => {
+            tracing::info!("graceful restart: selection deferral over, syncing the kernel");
+            if let Some(fib) = fib {
+                fib.purge_stale();
+            }
+        }
+        Output::NotWaitingFor(peer) => {
+            tracing::info!(peer = %peer, "graceful restart: not waiting for this neighbor's End-of-RIB");
+        }
+        Output::StaleTimeOver { peer, timer } => {
+            let which = match timer {
+                Timer::Restart => "restart",
+                Timer::StalePath => "stale-path",
+            };
+            tracing::info!(peer = %peer, "graceful restart: its {which} time is over, removing its stale routes");
+        }
     }
 }
 
@@ -304,6 +276,7 @@ fn is_link_local(a: &IpAddr) -> bool {
 mod tests {
     use super::*;
     use crate::daemon::peer::PeerKind;
+    use hagw_bgp::graceful_restart::STALE_PATH_TIME;
     use hagw_bgp::packet::{AsPath, Origin, PathAttributes};
 
     fn peer() -> Arc<PeerShared> {

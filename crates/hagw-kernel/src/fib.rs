@@ -53,6 +53,10 @@ const OVERRUN_SETTLE: Duration = Duration::from_millis(300);
 /// ...but never later than this after the first overrun.
 const OVERRUN_MAX_WAIT: Duration = Duration::from_secs(2);
 
+/// Metric of hagw's routes unless configured: below a DHCP client's usual
+/// 100+ (and above a hand-written static's 0), so hagw's default wins.
+pub const DEFAULT_METRIC: u32 = 20;
+
 /// What to do with default routes of other protocols (DHCP clients,
 /// systemd-networkd, router advertisements) in the main table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,7 +102,7 @@ impl Default for FibConfig {
     fn default() -> Self {
         FibConfig {
             table: RT_TABLE_MAIN,
-            metric: 20,
+            metric: DEFAULT_METRIC,
             protocol: RTPROT_HAGW,
             dhcp_default: DhcpDefault::Outrank,
             statics: Vec::new(),

@@ -77,6 +77,9 @@ use crate::{
     KernelError, RTPROT_HAGW,
 };
 
+/// Default `table_base`: interface with ifindex i gets table 10000 + i, above
+/// pinning's 9001..=9255.
+pub const DEFAULT_TABLE_BASE: u32 = 10_000;
 /// What the policy task listens to: links, addresses, routes, rules.
 pub const POLICY_GROUPS: u32 = FIB_GROUPS | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE;
 /// Priority of the kernel's `from all lookup main` rule: hagw's rules must
@@ -126,7 +129,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             primary: None,
-            table_base: 10_000,
+            table_base: DEFAULT_TABLE_BASE,
             ipv6: true,
             gateways: Vec::new(),
             protocol: RTPROT_HAGW,

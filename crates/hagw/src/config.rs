@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use hagw_kernel::{fib, netlink::RT_TABLE_MAIN, pinning, policy_routing};
+pub use hagw_kernel::{DhcpDefault, StaticRoute};
+
 pub const DEFAULT_SOCKET: &str = "/run/hagw/hagw.sock";
 pub const DEFAULT_HOLD_TIME: u16 = 90;
 pub const DEFAULT_PEER_LIMIT: usize = 20_000;
@@ -177,13 +180,6 @@ pub enum MultipathHash {
     L4,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DhcpDefault {
-    Outrank,
-    Remove,
-    Keep,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kernel {
     pub install: bool,
@@ -207,12 +203,6 @@ impl Kernel {
         let slots = self.pin_mark_mask >> self.pin_mark_mask.trailing_zeros();
         self.pin_table_base + 1..=self.pin_table_base.saturating_add(slots)
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StaticRoute {
-    pub prefix: IpNet,
-    pub via: IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -537,7 +527,7 @@ impl Validator {
     fn policy_routing(&mut self, p: RawPolicyRouting) -> PolicyRouting {
         let table_base = p
             .table_base
-            .map_or(Some(10_000), |v| {
+            .map_or(Some(policy_routing::DEFAULT_TABLE_BASE), |v| {
                 // Tables 253-255 are the kernel's own; leave room for ifindex above the base.
                 self.int(
                     "policy_routing.table_base",
@@ -546,7 +536,7 @@ impl Validator {
                     i64::from(u32::MAX) - 65_536,
                 )
             })
-            .unwrap_or(10_000);
+            .unwrap_or(policy_routing::DEFAULT_TABLE_BASE);
         let mut gateways: Vec<PolicyGateway> = Vec::new();
         for (i, g) in p.gateway.into_iter().enumerate() {
             let key = format!("policy_routing.gateway[{i}]");
@@ -866,18 +856,18 @@ impl Validator {
             .unwrap_or(8);
         let metric = k
             .metric
-            .map_or(Some(20), |n| {
+            .map_or(Some(fib::DEFAULT_METRIC), |n| {
                 self.int("kernel.metric", n, 0, i64::from(u32::MAX))
             })
-            .unwrap_or(20);
+            .unwrap_or(fib::DEFAULT_METRIC);
         let table = k
             .table
-            .map_or(Some(254), |n| {
+            .map_or(Some(RT_TABLE_MAIN), |n| {
                 self.int("kernel.table", n, 1, i64::from(u32::MAX))
             })
-            .unwrap_or(254);
+            .unwrap_or(RT_TABLE_MAIN);
         let pin_mark_mask = match k.pin_mark_mask {
-            None => 0x0000_ff00,
+            None => pinning::DEFAULT_MARK_MASK,
             Some(m) => match u32::try_from(m) {
                 Ok(m)
                     if m != 0 && {
@@ -892,16 +882,16 @@ impl Validator {
                         "kernel.pin_mark_mask",
                         format!("{m:#x} is not a run of 1 to 16 contiguous bits (e.g. 0x00ff0000)"),
                     );
-                    0x0000_ff00
+                    pinning::DEFAULT_MARK_MASK
                 }
             },
         };
         let pin_table_base = k
             .pin_table_base
-            .map_or(Some(9000), |n| {
+            .map_or(Some(pinning::DEFAULT_TABLE_BASE), |n| {
                 self.int("kernel.pin_table_base", n, 256, 2_000_000_000)
             })
-            .unwrap_or(9000);
+            .unwrap_or(pinning::DEFAULT_TABLE_BASE);
         let mut statics = Vec::new();
         for (i, s) in k.statics.into_iter().enumerate() {
             let key = format!("kernel.static[{i}]");

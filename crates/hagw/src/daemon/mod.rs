@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use hagw_bgp::fsm::{GracefulRestart, SessionConfig, State};
 use hagw_bgp::packet::{AFI_IPV4, AFI_IPV6, SAFI_UNICAST};
-use hagw_kernel::{DhcpDefault as KDhcp, FibConfig, FibSync, StaticRoute as KStatic};
+use hagw_kernel::{FibConfig, FibSync};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{self, Config, DhcpDefault, MultipathHash};
+use crate::config::{self, Config, MultipathHash};
 use crate::control::{self, PeerStatus, RouteStatus, Status};
 use advert::Advert;
 use listener::{Accept, Range};
@@ -86,23 +86,102 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     r
 }
 
+/// What the daemon started, kept for its one ordered shutdown.
+struct Running {
+    /// Graceful restart: leave quietly, routes and pinning in place.
+    graceful: bool,
+    registry: Arc<Registry>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    bfd: Option<bfd::Bfd>,
+    pinning: Option<hagw_kernel::pinning::Pinning>,
+    fib: Option<FibSync>,
+    policy: Option<hagw_kernel::policy_routing::PolicySync>,
+    control: control::Guard,
+}
+
 async fn serve(
     cfg: Config,
     config_path: Option<std::path::PathBuf>,
     policy: Option<hagw_kernel::policy_routing::PolicySync>,
 ) -> anyhow::Result<()> {
-    let (rib_tx, rib_rx) = mpsc::unbounded_channel();
-    let kernel = cfg.kernel.clone();
     let gr = cfg
         .bgp
         .as_ref()
         .map(|b| b.graceful_restart)
         .filter(|g| g.enabled);
-    let fib = match &kernel {
-        Some(k) if k.install => Some(start_kernel(k, gr.is_some()).await?),
-        _ => None,
+    let (fib, pinning) = start_kernel_side(&cfg, gr.is_some()).await?;
+    let rib_tx = start_rib(&cfg, gr, fib.clone(), pinning.clone());
+    let (gate, health_status) = if cfg.health.is_empty() {
+        (None, Arc::default())
+    } else {
+        let (g, st) = health::start(&cfg.health);
+        (Some(g), st)
     };
-    let max_paths = kernel.as_ref().map_or(8, |k| k.maximum_paths);
+    let bfd = start_bfd(&cfg)?;
+    let registry = Arc::new(Registry::default());
+    let (listeners, ranges) = match &cfg.bgp {
+        Some(bgp) => start_bgp(bgp, gr, gate, bfd.clone(), registry.clone(), rib_tx.clone())?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let daemon = Arc::new(Daemon {
+        registry: registry.clone(),
+        health: health_status,
+        rib: rib_tx,
+        fib: fib.clone(),
+        ranges,
+        policy: policy.clone(),
+        bfd: bfd.clone(),
+        pinning: pinning.clone(),
+    });
+    let control = control::serve(&cfg.control.socket, daemon)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the control socket {}",
+                cfg.control.socket.display()
+            )
+        })?;
+    let running = Running {
+        graceful: gr.is_some(),
+        registry,
+        listeners,
+        bfd,
+        pinning,
+        fib,
+        policy,
+        control,
+    };
+    wait_for_stop(config_path).await?;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// The FIB reconciler and connection pinning (`[kernel] install`).
+async fn start_kernel_side(
+    cfg: &Config,
+    graceful: bool,
+) -> anyhow::Result<(Option<FibSync>, Option<hagw_kernel::pinning::Pinning>)> {
+    let Some(k) = cfg.kernel.as_ref().filter(|k| k.install) else {
+        return Ok((None, None));
+    };
+    let fib = start_kernel(k, graceful).await?;
+    let pinning = if k.pin_connections {
+        start_pinning(k, graceful).await
+    } else {
+        None
+    };
+    Ok((Some(fib), pinning))
+}
+
+/// The RIB task: every peer's UPDATEs in, the FIB and pinning out.
+fn start_rib(
+    cfg: &Config,
+    gr: Option<config::GracefulRestart>,
+    fib: Option<FibSync>,
+    pinning: Option<hagw_kernel::pinning::Pinning>,
+) -> mpsc::UnboundedSender<RibEvent> {
+    let (rib_tx, rib_rx) = mpsc::unbounded_channel();
+    let max_paths = cfg.kernel.as_ref().map_or(8, |k| k.maximum_paths);
     // With graceful restart, our previous run's routes stay in the kernel until
     // the configured neighbors have told us everything again.
     let deferral = match (gr, &cfg.bgp) {
@@ -112,164 +191,137 @@ async fn serve(
         }),
         _ => None,
     };
-    let pinning = match &kernel {
-        Some(k) if k.install && k.pin_connections => start_pinning(k, gr.is_some()).await,
-        _ => None,
-    };
-    tokio::spawn(routing::run(
-        rib_rx,
-        rib_tx.clone(),
-        max_paths,
-        fib.clone(),
-        deferral,
-        pinning.clone(),
-    ));
-    let (gate, health_status) = if cfg.health.is_empty() {
-        (None, Arc::default())
-    } else {
-        let (g, st) = health::start(&cfg.health);
-        (Some(g), st)
-    };
+    tokio::spawn(routing::run(rib_rx, max_paths, fib, deferral, pinning));
+    rib_tx
+}
+
+/// One BFD thread for every peer with `bfd = true` (RFC 5882: BGP is its client).
+fn start_bfd(cfg: &Config) -> anyhow::Result<Option<bfd::Bfd>> {
+    let wants_bfd = cfg
+        .bgp
+        .as_ref()
+        .is_some_and(|b| b.neighbors.iter().any(|n| n.bfd) || b.dynamic.iter().any(|d| d.bfd));
+    if !wants_bfd {
+        return Ok(None);
+    }
+    let b = bfd::Bfd::start(
+        std::time::Duration::from_millis(u64::from(cfg.bfd.interval_ms)),
+        cfg.bfd.multiplier,
+        cfg.bfd.realtime,
+    )
+    .context("cannot start BFD (UDP 3784)")?;
+    Ok(Some(b))
+}
+
+/// Configured neighbors, listen ranges and the listeners; returns the
+/// listener tasks and the ranges as `hagw status` names them.
+fn start_bgp(
+    bgp: &config::Bgp,
+    gr: Option<config::GracefulRestart>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+    bfd: Option<bfd::Bfd>,
+    registry: Arc<Registry>,
+    rib_tx: mpsc::UnboundedSender<RibEvent>,
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Vec<String>)> {
     // Our OPEN says we restart with forwarding state kept (RFC 4724 R and F bits).
     let gr_cap = gr.map(|g| GracefulRestart {
         restart_time: g.restart_time,
         restarting: true,
     });
-
-    let registry = Arc::new(Registry::default());
-    // One BFD thread for every peer with `bfd = true` (RFC 5882: BGP is its client).
-    let wants_bfd = cfg
-        .bgp
-        .as_ref()
-        .is_some_and(|b| b.neighbors.iter().any(|n| n.bfd) || b.dynamic.iter().any(|d| d.bfd));
-    let bfd = if wants_bfd {
-        Some(
-            bfd::Bfd::start(
-                std::time::Duration::from_millis(u64::from(cfg.bfd.interval_ms)),
-                cfg.bfd.multiplier,
-                cfg.bfd.realtime,
-            )
-            .context("cannot start BFD (UDP 3784)")?,
-        )
+    let session = |remote_asn, hold_time| {
+        Arc::new(SessionConfig::new(
+            bgp.asn,
+            bgp.router_id,
+            remote_asn,
+            hold_time,
+            FAMILIES.to_vec(),
+            gr_cap,
+        ))
+    };
+    let mut neighbors = HashMap::new();
+    for (index, n) in bgp.neighbors.iter().enumerate() {
+        let (tx, rx) = mpsc::channel(4);
+        neighbors.insert(n.address, tx);
+        let shared = Arc::new(PeerShared::new(
+            n.address,
+            PeerKind::Neighbor {
+                index,
+                remote: SocketAddr::new(n.address, n.port),
+                local: n.local_address,
+                passive: n.passive,
+            },
+        ));
+        registry.insert(shared.clone());
+        let task = PeerTask {
+            shared,
+            cfg: session(n.remote_asn, n.hold_time),
+            advert: Arc::new(Advert::new(bgp.asn, &n.announce, gate.clone())),
+            rib: rib_tx.clone(),
+            incoming: Some(rx),
+            bfd: bfd.clone().filter(|_| n.bfd),
+        };
+        tokio::spawn(task.run_neighbor());
+    }
+    let ranges_desc = bgp.dynamic.iter().map(|d| d.range.to_string()).collect();
+    let ranges = bgp
+        .dynamic
+        .iter()
+        .map(|d| {
+            Arc::new(Range {
+                range: d.range,
+                limit: d.limit,
+                cfg: session(d.remote_asn, d.hold_time),
+                advert: Arc::new(Advert::new(bgp.asn, &d.announce, gate.clone())),
+                count: Default::default(),
+                bfd: bfd.clone().filter(|_| d.bfd),
+            })
+        })
+        .collect();
+    let accept = Arc::new(Accept {
+        ranges,
+        neighbors,
+        registry,
+        rib: rib_tx,
+    });
+    let addrs: Vec<SocketAddr> = if bgp.listen.is_empty() {
+        vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), bgp.port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), bgp.port),
+        ]
     } else {
-        None
+        bgp.listen
+            .iter()
+            .map(|a| SocketAddr::new(*a, bgp.port))
+            .collect()
     };
     let mut listeners = Vec::new();
-    let mut ranges_desc = Vec::new();
-    if let Some(bgp) = &cfg.bgp {
-        let mut neighbors = HashMap::new();
-        for (index, n) in bgp.neighbors.iter().enumerate() {
-            let (tx, rx) = mpsc::channel(4);
-            neighbors.insert(n.address, tx);
-            let shared = Arc::new(PeerShared::new(
-                n.address,
-                PeerKind::Neighbor {
-                    index,
-                    remote: SocketAddr::new(n.address, n.port),
-                    local: n.local_address,
-                    passive: n.passive,
-                },
-            ));
-            registry.insert(shared.clone());
-            let task = PeerTask {
-                shared,
-                cfg: Arc::new(SessionConfig::new(
-                    bgp.asn,
-                    bgp.router_id,
-                    n.remote_asn,
-                    n.hold_time,
-                    FAMILIES.to_vec(),
-                    gr_cap,
-                )),
-                advert: Arc::new(Advert::new(bgp.asn, &n.announce, gate.clone())),
-                rib: rib_tx.clone(),
-                incoming: Some(rx),
-                bfd: bfd.clone().filter(|_| n.bfd),
-            };
-            tokio::spawn(task.run_neighbor());
-        }
-        let ranges = bgp
-            .dynamic
-            .iter()
-            .map(|d| {
-                ranges_desc.push(d.range.to_string());
-                Arc::new(Range {
-                    range: d.range,
-                    limit: d.limit,
-                    cfg: Arc::new(SessionConfig::new(
-                        bgp.asn,
-                        bgp.router_id,
-                        d.remote_asn,
-                        d.hold_time,
-                        FAMILIES.to_vec(),
-                        gr_cap,
-                    )),
-                    advert: Arc::new(Advert::new(bgp.asn, &d.announce, gate.clone())),
-                    count: Default::default(),
-                    bfd: bfd.clone().filter(|_| d.bfd),
-                })
-            })
-            .collect();
-        let accept = Arc::new(Accept {
-            ranges,
-            neighbors,
-            registry: registry.clone(),
-            rib: rib_tx.clone(),
-        });
-        let addrs: Vec<SocketAddr> = if bgp.listen.is_empty() {
-            vec![
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), bgp.port),
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), bgp.port),
-            ]
-        } else {
-            bgp.listen
-                .iter()
-                .map(|a| SocketAddr::new(*a, bgp.port))
-                .collect()
-        };
-        for addr in addrs {
-            match listener::bind(addr) {
-                Ok(l) => {
-                    tracing::info!("listening for BGP on {addr}");
-                    listeners.push(tokio::spawn(listener::run(l, accept.clone())));
-                }
-                // No IPv6 in this namespace: the IPv4 wildcard still serves.
-                Err(e) if addr.is_ipv6() && bgp.listen.is_empty() => {
-                    tracing::warn!("not listening on {addr}: {e}");
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot listen for BGP on {addr}"));
-                }
+    for addr in addrs {
+        match listener::bind(addr) {
+            Ok(l) => {
+                tracing::info!("listening for BGP on {addr}");
+                listeners.push(tokio::spawn(listener::run(l, accept.clone())));
+            }
+            // No IPv6 in this namespace: the IPv4 wildcard still serves.
+            Err(e) if addr.is_ipv6() && bgp.listen.is_empty() => {
+                tracing::warn!("not listening on {addr}: {e}");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen for BGP on {addr}"));
             }
         }
     }
+    Ok((listeners, ranges_desc))
+}
 
-    let daemon = Arc::new(Daemon {
-        registry: registry.clone(),
-        health: health_status,
-        rib: rib_tx,
-        fib: fib.clone(),
-        ranges: ranges_desc,
-        policy: policy.clone(),
-        bfd: bfd.clone(),
-        pinning: pinning.clone(),
-    });
-    let control = control::serve(&cfg.control.socket, daemon.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the control socket {}",
-                cfg.control.socket.display()
-            )
-        })?;
-
+/// Until SIGTERM or SIGINT; SIGHUP checks the config file.
+async fn wait_for_stop(config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 // The live-system check runs its own small runtime: not on ours.
                 let path = config_path.clone();
@@ -277,35 +329,43 @@ async fn serve(
             }
         }
     }
-    tracing::info!("shutting down");
-    for l in listeners {
-        l.abort();
+}
+
+impl Running {
+    /// Stops everything in the order that loses nothing: no new sessions,
+    /// sessions closed (or left, under graceful restart), BFD AdminDown,
+    /// then the kernel side, then the control socket.
+    async fn shutdown(self) {
+        tracing::info!("shutting down");
+        for l in self.listeners {
+            l.abort();
+        }
+        // With graceful restart we leave quietly: no NOTIFICATION, so our peers
+        // keep our routes (RFC 4724 helper), and our kernel routes stay for the
+        // next run.
+        let graceful = self.graceful;
+        for p in self.registry.all() {
+            p.stop(!graceful);
+        }
+        // Give peers a moment to send their Cease or close.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // AdminDown on every BFD session left (repeated), so the peers keep our
+        // BGP sessions (RFC 5882 §3.2) even if a peer task is still stuck.
+        if let Some(b) = &self.bfd {
+            b.shutdown(std::time::Duration::from_secs(1)).await;
+        }
+        // Pinned connections keep their router while we restart (GR): leave it.
+        if let Some(p) = self.pinning.filter(|_| !graceful) {
+            p.shutdown().await;
+        }
+        if let Some(fib) = self.fib {
+            fib.shutdown(!graceful).await;
+        }
+        if let Some(policy) = self.policy {
+            policy.shutdown().await;
+        }
+        self.control.remove();
     }
-    // With graceful restart we leave quietly: no NOTIFICATION, so our peers keep
-    // our routes (RFC 4724 helper), and our kernel routes stay for the next run.
-    let graceful = gr.is_some();
-    for p in registry.all() {
-        p.stop(!graceful);
-    }
-    // Give peers a moment to send their Cease or close.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // AdminDown on every BFD session left (repeated), so the peers keep our
-    // BGP sessions (RFC 5882 §3.2) even if a peer task is still stuck.
-    if let Some(b) = &bfd {
-        b.shutdown(std::time::Duration::from_secs(1)).await;
-    }
-    // Pinned connections keep their router while we restart (GR): leave it.
-    if let Some(p) = pinning.filter(|_| !graceful) {
-        p.shutdown().await;
-    }
-    if let Some(fib) = fib {
-        fib.shutdown(!graceful).await;
-    }
-    if let Some(policy) = policy {
-        policy.shutdown().await;
-    }
-    control.remove();
-    Ok(())
 }
 
 /// Connection pinning (`[kernel] pin_connections`). It needs `nft`; if it
@@ -355,19 +415,8 @@ async fn start_kernel(k: &config::Kernel, keep_stale: bool) -> anyhow::Result<Fi
         table: k.table,
         metric: k.metric,
         protocol: hagw_kernel::RTPROT_HAGW,
-        dhcp_default: match k.dhcp_default {
-            DhcpDefault::Outrank => KDhcp::Outrank,
-            DhcpDefault::Remove => KDhcp::Remove,
-            DhcpDefault::Keep => KDhcp::Keep,
-        },
-        statics: k
-            .statics
-            .iter()
-            .map(|s| KStatic {
-                prefix: s.prefix,
-                via: s.via,
-            })
-            .collect(),
+        dhcp_default: k.dhcp_default,
+        statics: k.statics.clone(),
         max_paths: k.maximum_paths,
         keep_stale,
     };

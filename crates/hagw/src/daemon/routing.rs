@@ -62,7 +62,6 @@ struct PeerInfo {
 /// outlives its other senders; drop it from the signature with the caller.
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<RibEvent>,
-    _tx: mpsc::UnboundedSender<RibEvent>,
     max_paths: usize,
     fib: Option<FibSync>,
     deferral: Option<Deferral>,
@@ -325,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn a_late_down_of_a_replaced_session_is_ignored() {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, tx.clone(), 8, None, None, None));
+        tokio::spawn(run(rx, 8, None, None, None));
         let old = peer();
         tx.send(up(&old, None)).expect("send");
         tx.send(default_route(&old)).expect("send");
@@ -353,7 +352,7 @@ mod tests {
     async fn stale_routes_follow_the_f_bit_of_the_new_session() {
         for (kept, expect) in [(Some(vec![false]), 1), (Some(vec![]), 0), (None, 0)] {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(rx, tx.clone(), 8, None, None, None));
+            tokio::spawn(run(rx, 8, None, None, None));
             let p = peer();
             tx.send(up(&p, Some(vec![false]))).expect("send");
             tx.send(default_route(&p)).expect("send");
@@ -374,7 +373,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_restart_timer_stops_when_the_peer_is_back() {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, tx.clone(), 8, None, None, None));
+        tokio::spawn(run(rx, 8, None, None, None));
         let p = peer();
         tx.send(up(&p, Some(vec![false]))).expect("send");
         tx.send(default_route(&p)).expect("send");

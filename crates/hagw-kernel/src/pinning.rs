@@ -605,16 +605,30 @@ impl State {
         }
     }
 
+    /// Routers gone lose their rule, then their table; new ones get a slot,
+    /// a table route, then a rule; the nft table follows the routers whose
+    /// rule and route are both in place.
     async fn apply_once(&mut self) -> std::io::Result<()> {
+        let want: BTreeSet<Nexthop> = self.desired.values().flatten().copied().collect();
+        self.remove_gone(&want).await?;
+        self.assign_slots(&want);
+        self.install_routes().await?;
+        self.install_rules().await?;
+        if self.installed.values().any(|i| !i.route || !i.rule) {
+            self.schedule_retry();
+        }
+        self.load_nft().await;
+        Ok(())
+    }
+
+    /// Routers no longer wanted: rule first (their connections fall back to
+    /// the multipath route), then their table.
+    async fn remove_gone(&mut self, want: &BTreeSet<Nexthop>) -> std::io::Result<()> {
         let (base, prio, proto) = (
             self.cfg.table_base,
             self.cfg.rule_priority,
             self.cfg.protocol,
         );
-        let want: BTreeSet<Nexthop> = self.desired.values().flatten().copied().collect();
-
-        // Routers gone: rule first (their connections fall back to the
-        // multipath route), then their table.
         let gone: Vec<Nexthop> = self
             .installed
             .keys()
@@ -628,7 +642,6 @@ impl State {
             };
             self.slots.release(nh);
             info!(router = %nh, slot = i.slot, "router left: unpinning its connections");
-            let table = base + i.slot;
             if i.rule {
                 reqs.push(Request {
                     msg: RouteNetlinkMessage::DelRule(build_rule(
@@ -643,7 +656,7 @@ impl State {
                 reqs.push(Request {
                     msg: RouteNetlinkMessage::DelRoute(build_route(
                         default_of(nh),
-                        table,
+                        base + i.slot,
                         proto,
                         0,
                         &[],
@@ -661,15 +674,17 @@ impl State {
                 }
             }
         }
+        Ok(())
+    }
 
-        // Routers present: table route, then rule.
-        for nh in &want {
+    fn assign_slots(&mut self, want: &BTreeSet<Nexthop>) {
+        for nh in want {
             if self.installed.contains_key(nh) {
                 continue;
             }
             match self.slots.assign(nh) {
                 Some(slot) => {
-                    info!(router = %nh, slot, table = base + slot, mark = format_args!("{:#x}", self.space.mark(slot)), "pinning connections to router");
+                    info!(router = %nh, slot, table = self.cfg.table_base + slot, mark = format_args!("{:#x}", self.space.mark(slot)), "pinning connections to router");
                     self.installed.insert(
                         *nh,
                         Installed {
@@ -683,86 +698,104 @@ impl State {
                 None => warn!(router = %nh, "no free pinning slot (mark mask too small)"),
             }
         }
+    }
+
+    /// `default via ROUTER` in each router's table.
+    async fn install_routes(&mut self) -> std::io::Result<()> {
+        let (base, proto) = (self.cfg.table_base, self.cfg.protocol);
         let todo: Vec<(Nexthop, u32)> = self
             .installed
             .iter()
             .filter(|(_, i)| !i.route)
             .map(|(nh, i)| (*nh, i.slot))
             .collect();
-        if !todo.is_empty() {
-            let reqs = todo
-                .iter()
-                .map(|(nh, slot)| Request {
-                    msg: RouteNetlinkMessage::NewRoute(build_route(
-                        default_of(nh),
-                        base + slot,
-                        proto,
-                        0,
-                        &[*nh],
-                    )),
-                    flags: NLM_F_CREATE | NLM_F_REPLACE,
-                })
-                .collect();
-            let res = self.sock.batch(reqs).await?;
-            for ((nh, _), r) in todo.iter().zip(res) {
-                let Some(i) = self.installed.get_mut(nh) else {
-                    continue;
-                };
-                match r {
-                    Ok(()) => {
-                        i.route = true;
-                        i.error = None;
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let reqs = todo
+            .iter()
+            .map(|(nh, slot)| Request {
+                msg: RouteNetlinkMessage::NewRoute(build_route(
+                    default_of(nh),
+                    base + slot,
+                    proto,
+                    0,
+                    &[*nh],
+                )),
+                flags: NLM_F_CREATE | NLM_F_REPLACE,
+            })
+            .collect();
+        let res = self.sock.batch(reqs).await?;
+        for ((nh, _), r) in todo.iter().zip(res) {
+            let Some(i) = self.installed.get_mut(nh) else {
+                continue;
+            };
+            match r {
+                Ok(()) => {
+                    i.route = true;
+                    i.error = None;
+                }
+                Err(e) => {
+                    let msg = format!("table route: {e}");
+                    if i.error.as_deref() != Some(msg.as_str()) {
+                        warn!(router = %nh, error = %msg, "cannot install pinning table route");
                     }
-                    Err(e) => {
-                        let msg = format!("table route: {e}");
-                        if i.error.as_deref() != Some(msg.as_str()) {
-                            warn!(router = %nh, error = %msg, "cannot install pinning table route");
-                        }
-                        i.error = Some(msg);
-                    }
+                    i.error = Some(msg);
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The fwmark rule of each router whose table route is in place.
+    async fn install_rules(&mut self) -> std::io::Result<()> {
+        let (base, prio, proto) = (
+            self.cfg.table_base,
+            self.cfg.rule_priority,
+            self.cfg.protocol,
+        );
         let todo: Vec<(Nexthop, u32)> = self
             .installed
             .iter()
             .filter(|(_, i)| i.route && !i.rule)
             .map(|(nh, i)| (*nh, i.slot))
             .collect();
-        if !todo.is_empty() {
-            let reqs = todo
-                .iter()
-                .map(|(nh, slot)| Request {
-                    msg: RouteNetlinkMessage::NewRule(build_rule(
-                        &pin_rule(nh.addr.is_ipv6(), self.space, *slot, base, prio),
-                        proto,
-                    )),
-                    flags: NLM_F_CREATE | NLM_F_EXCL,
-                })
-                .collect();
-            let res = self.sock.batch(reqs).await?;
-            for ((nh, _), r) in todo.iter().zip(res) {
-                let Some(i) = self.installed.get_mut(nh) else {
-                    continue;
-                };
-                match r {
-                    Ok(()) => i.rule = true,
-                    Err(e) if e.errno == nix::libc::EEXIST => i.rule = true,
-                    Err(e) => {
-                        let msg = format!("rule: {e}");
-                        if i.error.as_deref() != Some(msg.as_str()) {
-                            warn!(router = %nh, error = %msg, "cannot add pinning rule");
-                        }
-                        i.error = Some(msg);
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let reqs = todo
+            .iter()
+            .map(|(nh, slot)| Request {
+                msg: RouteNetlinkMessage::NewRule(build_rule(
+                    &pin_rule(nh.addr.is_ipv6(), self.space, *slot, base, prio),
+                    proto,
+                )),
+                flags: NLM_F_CREATE | NLM_F_EXCL,
+            })
+            .collect();
+        let res = self.sock.batch(reqs).await?;
+        for ((nh, _), r) in todo.iter().zip(res) {
+            let Some(i) = self.installed.get_mut(nh) else {
+                continue;
+            };
+            match r {
+                Ok(()) => i.rule = true,
+                Err(e) if e.errno == nix::libc::EEXIST => i.rule = true,
+                Err(e) => {
+                    let msg = format!("rule: {e}");
+                    if i.error.as_deref() != Some(msg.as_str()) {
+                        warn!(router = %nh, error = %msg, "cannot add pinning rule");
                     }
+                    i.error = Some(msg);
                 }
             }
         }
-        if self.installed.values().any(|i| !i.route || !i.rule) {
-            self.schedule_retry();
-        }
+        Ok(())
+    }
 
-        // The nftables table, for the routers whose rule and table exist.
+    /// The nftables table, for the routers whose rule and table exist. When
+    /// routers only left, the reload waits [`NFT_SETTLE_AFTER_LEAVE`].
+    async fn load_nft(&mut self) {
         let active: Vec<(Nexthop, u32)> = self
             .installed
             .iter()
@@ -770,34 +803,33 @@ impl State {
             .map(|(nh, i)| (*nh, i.slot))
             .collect();
         let script = ruleset(&self.nft_table, self.space, &active);
-        if self.nft_loaded.as_deref() != Some(script.as_str()) {
-            let now = Instant::now();
-            let only_left =
-                self.nft_loaded.is_some() && active.iter().all(|r| self.nft_routers.contains(r));
-            if only_left {
-                let due = *self.nft_due.get_or_insert(now + NFT_SETTLE_AFTER_LEAVE);
-                if due > now {
-                    self.retry_at = Some(self.retry_at.map_or(due, |r| r.min(due)));
-                    return Ok(());
-                }
-            }
-            self.nft_due = None;
-            match self.nft.run(&script).await {
-                Ok(()) => {
-                    debug!(routers = active.len(), "pinning nftables table loaded");
-                    self.nft_loaded = Some(script);
-                    self.nft_routers = active.into_iter().collect();
-                }
-                Err(e) => {
-                    error!(error = %e, "cannot load the pinning nftables table");
-                    self.schedule_retry();
-                }
-            }
-        } else {
+        if self.nft_loaded.as_deref() == Some(script.as_str()) {
             // Back to what is loaded (a router left and returned): nothing due.
             self.nft_due = None;
+            return;
         }
-        Ok(())
+        let now = Instant::now();
+        let only_left =
+            self.nft_loaded.is_some() && active.iter().all(|r| self.nft_routers.contains(r));
+        if only_left {
+            let due = *self.nft_due.get_or_insert(now + NFT_SETTLE_AFTER_LEAVE);
+            if due > now {
+                self.retry_at = Some(self.retry_at.map_or(due, |r| r.min(due)));
+                return;
+            }
+        }
+        self.nft_due = None;
+        match self.nft.run(&script).await {
+            Ok(()) => {
+                debug!(routers = active.len(), "pinning nftables table loaded");
+                self.nft_loaded = Some(script);
+                self.nft_routers = active.into_iter().collect();
+            }
+            Err(e) => {
+                error!(error = %e, "cannot load the pinning nftables table");
+                self.schedule_retry();
+            }
+        }
     }
 
     fn snapshot(&self) -> Vec<PinnedRouter> {

@@ -66,7 +66,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     netlink::{
         build_delete_exact, build_route, build_rule, parse_route, parse_rule, KernelRule, Nexthop,
-        NlSocket, Request, Rule,
+        NlError, NlSocket, Request, Rule,
     },
     nft::{Family, Nft, NftError, Table},
     reconcile::{self, Handle, Reconciler},
@@ -726,25 +726,39 @@ impl State {
             })
             .collect();
         let res = self.sock.batch(reqs).await?;
+        self.record(&todo, res, "table route", false, |i| {
+            i.route = true;
+            i.error = None;
+        });
+        Ok(())
+    }
+
+    /// Notes the kernel's answers to one request per router: `done` on
+    /// success (an existing rule counts), else the error, logged when new.
+    fn record(
+        &mut self,
+        todo: &[(Nexthop, u32)],
+        res: Vec<Result<(), NlError>>,
+        what: &str,
+        exists_ok: bool,
+        done: fn(&mut Installed),
+    ) {
         for ((nh, _), r) in todo.iter().zip(res) {
             let Some(i) = self.installed.get_mut(nh) else {
                 continue;
             };
             match r {
-                Ok(()) => {
-                    i.route = true;
-                    i.error = None;
-                }
+                Ok(()) => done(i),
+                Err(e) if exists_ok && e.errno == nix::libc::EEXIST => done(i),
                 Err(e) => {
-                    let msg = format!("table route: {e}");
+                    let msg = format!("{what}: {e}");
                     if i.error.as_deref() != Some(msg.as_str()) {
-                        warn!(router = %nh, error = %msg, "cannot install pinning table route");
+                        warn!(router = %nh, error = %msg, "cannot install a pinning {what}");
                     }
                     i.error = Some(msg);
                 }
             }
         }
-        Ok(())
     }
 
     /// The fwmark rule of each router whose table route is in place.
@@ -774,22 +788,7 @@ impl State {
             })
             .collect();
         let res = self.sock.batch(reqs).await?;
-        for ((nh, _), r) in todo.iter().zip(res) {
-            let Some(i) = self.installed.get_mut(nh) else {
-                continue;
-            };
-            match r {
-                Ok(()) => i.rule = true,
-                Err(e) if e.errno == nix::libc::EEXIST => i.rule = true,
-                Err(e) => {
-                    let msg = format!("rule: {e}");
-                    if i.error.as_deref() != Some(msg.as_str()) {
-                        warn!(router = %nh, error = %msg, "cannot add pinning rule");
-                    }
-                    i.error = Some(msg);
-                }
-            }
-        }
+        self.record(&todo, res, "rule", true, |i| i.rule = true);
         Ok(())
     }
 

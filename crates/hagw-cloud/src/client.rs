@@ -238,110 +238,134 @@ impl Ec2Client {
 
     /// Sends `req` with retries; `Ok` for a 2xx answer.
     pub async fn call(&self, req: &QueryRequest) -> Result<Reply, Ec2Error> {
-        let inner = &*self.inner;
+        let retry = &self.inner.retry;
         let started = Instant::now();
-        let body = req.body();
+        let body = Bytes::from(req.body());
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let fail = |kind| Ec2Error {
+            let (kind, retry_reason) = match self.attempt(req, &body, attempt, started).await {
+                Ok(reply) => return Ok(reply),
+                Err(failure) => failure,
+            };
+            if let Some(reason) = retry_reason {
+                let delay = retry.backoff(attempt, random_unit());
+                if attempt < retry.max_attempts && started.elapsed() + delay < retry.max_total {
+                    tracing::warn!(action = req.action, attempt, reason, error = %kind,
+                        delay_ms = delay.as_millis() as u64, "EC2 call failed, retrying after backoff");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            let err = Ec2Error {
                 action: req.action,
                 attempts: attempt,
                 elapsed: started.elapsed(),
                 kind: Box::new(kind),
             };
-            let queued = inner.bucket.acquire().await;
-            let creds = inner
-                .credentials
-                .credentials()
-                .await
-                .map_err(|e| fail(Ec2ErrorKind::Credentials(e)))?;
-            let signing = SigningRequest {
-                method: "POST",
-                host: &inner.host,
-                path: &inner.path,
-                query: &[],
-                content_type: CONTENT_TYPE,
-                body: body.as_bytes(),
-                region: &inner.region,
-                service: "ec2",
-            };
-            let auth = sign(&signing, &creds, SystemTime::now());
-            let mut headers: Vec<(&str, &str)> = vec![
-                ("host", &inner.host),
-                ("content-type", CONTENT_TYPE),
-                ("user-agent", USER_AGENT),
-            ];
-            headers.extend(auth.iter().map(|(k, v)| (*k, v.as_str())));
-
-            let sent = Instant::now();
-            let result = inner
-                .http
-                .send(
-                    Method::POST,
-                    &inner.endpoint,
-                    &headers,
-                    Bytes::from(body.clone()),
-                    inner.attempt_timeout,
-                )
-                .await;
-            let latency = sent.elapsed();
-
-            let (kind, retry_reason) = match result {
-                Ok(resp) if (200..300).contains(&resp.status) => {
-                    let text = resp.text();
-                    let request_id = resp
-                        .header("x-amzn-requestid")
-                        .map(str::to_string)
-                        .or_else(|| ec2::request_id(&text));
-                    let report = CallReport {
-                        action: req.action,
-                        request_id,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                    };
-                    log_success(&report, latency, queued, req.is_mutating());
-                    return Ok(Reply { body: text, report });
-                }
-                Ok(resp) => {
-                    let api = ec2::parse_error(
-                        resp.status,
-                        &resp.text(),
-                        resp.header("x-amzn-requestid"),
-                    );
-                    tracing::debug!(action = req.action, attempt, latency_ms = latency.as_millis() as u64,
-                        status = api.status, code = %api.code, request_id = api.request_id.as_deref().unwrap_or("-"),
-                        "EC2 call answered with an error");
-                    if STALE_CREDENTIALS.contains(&api.code.as_str()) {
-                        inner.credentials.invalidate().await;
-                    }
-                    let reason = retryable_api_error(api.status, &api.code);
-                    (Ec2ErrorKind::Api(api), reason)
-                }
-                Err(e) => {
-                    tracing::debug!(action = req.action, attempt, latency_ms = latency.as_millis() as u64,
-                        error = %e, "EC2 call got no answer");
-                    (Ec2ErrorKind::Transport(e), Some("no answer"))
-                }
-            };
-
-            if let Some(reason) = retry_reason {
-                if attempt < inner.retry.max_attempts {
-                    let delay = inner.retry.backoff(attempt, random_unit());
-                    if started.elapsed() + delay < inner.retry.max_total {
-                        tracing::warn!(action = req.action, attempt, reason, error = %kind,
-                            delay_ms = delay.as_millis() as u64, "EC2 call failed, retrying after backoff");
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                }
-            }
-            let err = fail(kind);
             tracing::warn!(action = req.action, attempt, elapsed_ms = err.elapsed.as_millis() as u64,
                 request_id = err.api().and_then(|a| a.request_id.as_deref()).unwrap_or("-"),
                 error = %err.kind, "EC2 call failed");
             return Err(err);
         }
+    }
+
+    /// One attempt: rate limit, credentials, sign, send. A failure comes
+    /// with the reason to retry it, if it deserves one.
+    async fn attempt(
+        &self,
+        req: &QueryRequest,
+        body: &Bytes,
+        attempt: u32,
+        started: Instant,
+    ) -> Result<Reply, (Ec2ErrorKind, Option<&'static str>)> {
+        let inner = &*self.inner;
+        let queued = inner.bucket.acquire().await;
+        let creds = inner.credentials.credentials().await.map_err(|e| {
+            let reason = e.is_transient().then_some("credentials unavailable");
+            (Ec2ErrorKind::Credentials(e), reason)
+        })?;
+        let signing = SigningRequest {
+            method: "POST",
+            host: &inner.host,
+            path: &inner.path,
+            query: &[],
+            content_type: CONTENT_TYPE,
+            body,
+            region: &inner.region,
+            service: "ec2",
+        };
+        let auth = sign(&signing, &creds, SystemTime::now());
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("host", &inner.host),
+            ("content-type", CONTENT_TYPE),
+            ("user-agent", USER_AGENT),
+        ];
+        headers.extend(auth.iter().map(|(k, v)| (*k, v.as_str())));
+
+        let sent = Instant::now();
+        let result = inner
+            .http
+            .send(
+                Method::POST,
+                &inner.endpoint,
+                &headers,
+                body.clone(),
+                inner.attempt_timeout,
+            )
+            .await;
+        let latency_ms = sent.elapsed().as_millis() as u64;
+        let resp = result.map_err(|e| {
+            tracing::debug!(action = req.action, attempt, latency_ms, error = %e, "EC2 call got no answer");
+            (Ec2ErrorKind::Transport(e), Some("no answer"))
+        })?;
+        let header_id = resp.header("x-amzn-requestid");
+        if !(200..300).contains(&resp.status) {
+            let api = ec2::parse_error(resp.status, &resp.text(), header_id);
+            tracing::debug!(action = req.action, attempt, latency_ms, status = api.status, code = %api.code,
+                request_id = api.request_id.as_deref().unwrap_or("-"), "EC2 call answered with an error");
+            if STALE_CREDENTIALS.contains(&api.code.as_str()) {
+                inner.credentials.invalidate().await;
+            }
+            let reason = retryable_api_error(api.status, &api.code);
+            return Err((Ec2ErrorKind::Api(api), reason));
+        }
+        let text = resp.text();
+        let report = CallReport {
+            action: req.action,
+            request_id: header_id
+                .map(str::to_string)
+                .or_else(|| ec2::request_id(&text)),
+            attempts: attempt,
+            elapsed: started.elapsed(),
+        };
+        let (request_id, queued_ms, elapsed_ms) = (
+            report.request_id.as_deref().unwrap_or("-"),
+            queued.as_millis() as u64,
+            report.elapsed.as_millis() as u64,
+        );
+        if req.is_mutating() {
+            tracing::info!(
+                action = req.action,
+                attempt,
+                latency_ms,
+                queued_ms,
+                elapsed_ms,
+                request_id,
+                "EC2 call done"
+            );
+        } else {
+            tracing::debug!(
+                action = req.action,
+                attempt,
+                latency_ms,
+                queued_ms,
+                elapsed_ms,
+                request_id,
+                "EC2 call done"
+            );
+        }
+        Ok(Reply { body: text, report })
     }
 
     /// [`Ec2Client::call`], then parses the body.
@@ -514,36 +538,6 @@ impl Ec2Client {
             .find(|t| t.id == table)
             .and_then(|t| t.route(destination))
             .and_then(|r| r.network_interface_id.clone()))
-    }
-}
-
-fn log_success(report: &CallReport, latency: Duration, queued: Duration, mutating: bool) {
-    let request_id = report.request_id.as_deref().unwrap_or("-");
-    let (latency_ms, queued_ms, elapsed_ms) = (
-        latency.as_millis() as u64,
-        queued.as_millis() as u64,
-        report.elapsed.as_millis() as u64,
-    );
-    if mutating {
-        tracing::info!(
-            action = report.action,
-            attempt = report.attempts,
-            latency_ms,
-            queued_ms,
-            elapsed_ms,
-            request_id,
-            "EC2 call done"
-        );
-    } else {
-        tracing::debug!(
-            action = report.action,
-            attempt = report.attempts,
-            latency_ms,
-            queued_ms,
-            elapsed_ms,
-            request_id,
-            "EC2 call done"
-        );
     }
 }
 

@@ -102,6 +102,18 @@ pub enum CredentialsError {
     Imds(#[from] ImdsError),
 }
 
+impl CredentialsError {
+    /// Whether trying again soon may succeed: IMDS did not answer, or
+    /// answered 429/5xx. A missing or broken configuration is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CredentialsError::Imds(ImdsError::Transport { .. }) => true,
+            CredentialsError::Imds(e) => e.status().is_some_and(|s| s == 429 || s >= 500),
+            _ => false,
+        }
+    }
+}
+
 /// The places the chain looks, in order. [`ChainSources::from_env`] fills
 /// it from the process environment; tests fill it by hand.
 #[derive(Debug, Clone)]
@@ -477,6 +489,25 @@ aws_access_key_id = AKIABROKEN
             chain.credentials().await.expect("reread").access_key_id,
             "AKIANEW"
         );
+    }
+
+    #[test]
+    fn only_imds_outages_are_transient() {
+        let timeout = CredentialsError::Imds(ImdsError::Transport {
+            path: "/latest/api/token".into(),
+            source: crate::http::TransportError::Timeout(Duration::from_secs(1)),
+        });
+        assert!(timeout.is_transient());
+        let status = |status| {
+            CredentialsError::Imds(ImdsError::Status {
+                path: "p".into(),
+                status,
+                body: String::new(),
+            })
+        };
+        assert!(status(503).is_transient() && status(429).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!CredentialsError::NotFound { tried: "x".into() }.is_transient());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""moto's EC2 server, patched to behave like AWS where hagw's failover
-depends on it, plus an IMDSv2 server per "instance".
+"""moto's EC2 server, patched to act like AWS for hagw's VIP failover, plus IMDSv2.
+
+moto is patched where hagw's failover depends on AWS's behaviour, and each
+"instance" gets an IMDSv2 server of its own.
 
     python3 moto_ec2.py --ec2 127.0.0.1:0 --imds 127.0.0.1:0 --setup setup.json
 
@@ -333,7 +335,9 @@ def setup(ec2_url, spec, default_imds):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ec2", default="127.0.0.1:0", help="HOST:PORT of the EC2 endpoint")
-    p.add_argument("--imds", default="127.0.0.1:0", help="HOST:PORT of IMDS for instances without their own")
+    p.add_argument("--imds", default="127.0.0.1:0",
+                   help="HOST:PORT of the IMDS of each instance without its own \"imds\" "
+                        "(with a fixed port, give each instance its own)")
     p.add_argument("--setup", help="setup JSON file (see the module doc)")
     args = p.parse_args()
     spec = {}

@@ -72,7 +72,7 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
-    let mut rest = &s[19..];
+    let mut rest = s.get(19..)?;
     if let Some(frac) = rest.strip_prefix('.') {
         let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
@@ -91,8 +91,8 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
             if rest.len() != 6 || rest.as_bytes()[3] != b':' {
                 return None;
             }
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
             sign * (oh * 3600 + om * 60)
         }
     };
@@ -144,6 +144,8 @@ mod tests {
             "2015-08-30T12:36:00.Z",
             "20x5-08-30T12:36:00Z",
             "2015-08-30T12:36:00+2:00",
+            "2015-08-30T12:36:00+é:00",
+            "2015-08-30T12:36:00.5é",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
         }

@@ -412,3 +412,37 @@ async fn imds_gets_a_new_token_after_401() {
     moto.expire_imds_tokens();
     assert_eq!(md.interface_id(&a.mac).await.expect("after 401"), a.eni);
 }
+
+#[tokio::test]
+async fn one_rate_limit_paces_all_calls_of_a_client_and_its_clones() {
+    let moto = Moto::start(pair_setup(false));
+    let (a, b) = (moto.instance("a"), moto.instance("b"));
+    let mut config = Ec2Config::new(moto.region());
+    config.endpoint = Some(moto.ec2_url());
+    config.rate_limit = hagw_cloud::RateLimit {
+        per_second: 10.0,
+        burst: 1,
+    };
+    let chain = CredentialsChain::fixed(Credentials::new("AKIAHAGWTEST", "secret", None));
+    let ec2 = Ec2Client::new(config, Arc::new(chain)).expect("client");
+    let clone = ec2.clone();
+    let (ids_a, ids_b, table) = ([a.eni.as_str()], [b.eni.as_str()], moto.route_table());
+    let started = std::time::Instant::now();
+    let (r1, r2, r3, r4) = tokio::join!(
+        ec2.describe_network_interfaces(&ids_a, &[]),
+        clone.describe_network_interfaces(&ids_b, &[]),
+        ec2.route_target(&table, net("192.168.50.0/24")),
+        clone.claim_secondary_ip(&b.eni, VIP),
+    );
+    let elapsed = started.elapsed();
+    for r in [
+        r1.map(|_| ()),
+        r2.map(|_| ()),
+        r3.map(|_| ()),
+        r4.map(|_| ()),
+    ] {
+        r.expect("call");
+    }
+    // Burst 1, then 10/s: the 4th call cannot start before 300 ms.
+    assert!(elapsed >= Duration::from_millis(290), "{elapsed:?}");
+}

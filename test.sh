@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's whole test suite; CI runs exactly this (through .ci/run, which
-# installs frr, bird2, gobgpd, nftables first). Run it as root: the scenario
+# installs frr, bird2, gobgpd, nftables, moto first). Run it as root: the scenario
 # tests build network namespaces with real FRR and BIRD peers.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,6 +14,10 @@ for tool in cargo vtysh bird birdc nft iptables ping; do
     break
   fi
 done
+if ! python3 -c 'import moto.server' 2>/dev/null; then
+  echo "--- moto (hagw-cloud's EC2 test server) is missing: running .ci/install-deps"
+  .ci/install-deps
+fi
 
 echo "--- cargo fmt --check"
 cargo fmt --all -- --check

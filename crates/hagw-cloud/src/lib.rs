@@ -14,6 +14,7 @@
 //! * [`credentials`] — [`CredentialsChain`]: environment, shared
 //!   credentials file, instance role; cached, refreshed before expiry.
 //! * [`retry`] — [`RetryPolicy`] and [`RateLimit`].
+//! * [`arbiter`] — [`Arbiter`]: when to claim, re-check and fence (sans-IO).
 //!
 //! # Why no AWS SDK
 //!
@@ -44,6 +45,7 @@
 //! Left to the caller (the VRRP driver): which MAC is which Linux interface,
 //! and adding/removing the address on the interface itself.
 
+pub mod arbiter;
 pub mod client;
 pub mod credentials;
 mod datetime;
@@ -53,6 +55,7 @@ pub mod imds;
 pub mod retry;
 mod sigv4;
 
+pub use arbiter::{Action, Arbiter, ArbiterConfig, Owner};
 pub use client::{CallReport, ClaimReport, Ec2Client, Ec2Config, Ec2Error, Ec2ErrorKind, Reply};
 pub use credentials::{
     ChainSources, CredentialSource, Credentials, CredentialsChain, CredentialsError,

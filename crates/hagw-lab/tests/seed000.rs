@@ -19,7 +19,7 @@ fn silent(lab: &Seed000, addr: &str) -> bool {
 
 #[test]
 fn each_router_forwards_with_snat_and_a_cut_silences_it_until_restored() {
-    let lab = Seed000::new();
+    let lab = Seed000::build();
     // Without the internet's way back to the LAN only SNAT brings replies home.
     lab.inet.sh("ip route del 192.168.100.0/24");
     for (router, addr) in [("r1", "192.168.100.20"), ("r2", "192.168.100.21")] {
@@ -47,7 +47,7 @@ fn each_router_forwards_with_snat_and_a_cut_silences_it_until_restored() {
 
 #[test]
 fn the_switch_answers_as_the_subnet_gateway() {
-    let lab = Seed000::new();
+    let lab = Seed000::build();
     lab.host.sh("ping -c1 -W2 192.168.100.1");
     assert_eq!(lab.router("r2").name(), lab.r2.name());
 }

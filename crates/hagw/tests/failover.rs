@@ -146,7 +146,7 @@ fn the_uplink_probe_withdraws_and_restores_the_default() {
 
 #[test]
 fn an_unreachable_probe_target_at_start_is_reported_not_fatal() {
-    let lab = Seed000::new();
+    let lab = Seed000::build();
     let probe =
         "[[health]]\nprobe = \"tcp\"\ntarget = \"203.0.113.99\"\nport = 443\ninterval_ms = 200\n";
     let r1 = Hagw::start(
@@ -287,7 +287,7 @@ fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
 
 #[test]
 fn an_unreachable_neighbor_does_not_hold_a_restart_deferral() {
-    let lab = Seed000::new();
+    let lab = Seed000::build();
     // r2 is gone: its link is down, so the host's connects find no route.
     lab.r2.sh("ip link set eth1 down");
     let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));

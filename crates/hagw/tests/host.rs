@@ -412,7 +412,7 @@ fn dhcp_default_remove_with_policy_routing_finds_the_primary_by_the_bgp_default(
 
 #[test]
 fn a_static_route_is_installed_and_comes_back_after_a_hand_delete() {
-    let lan = Seed000::new();
+    let lan = Seed000::build();
     let _host = Hagw::start(
         &lan.host,
         "[kernel]\ninstall = true\nmetric = 20\n\n[[kernel.static]]\n\
@@ -434,7 +434,7 @@ fn a_static_route_is_installed_and_comes_back_after_a_hand_delete() {
 
 #[test]
 fn stale_hagw_routes_are_removed_at_start_and_others_are_not() {
-    let lan = Seed000::new();
+    let lan = Seed000::build();
     lan.host.sh(
         "ip route add 198.18.0.0/24 via 192.168.100.1 proto 199 metric 20 && \
          ip route add 198.18.1.0/24 via 192.168.100.1 proto 199 metric 500 && \

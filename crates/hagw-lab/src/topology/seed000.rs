@@ -130,7 +130,7 @@ impl Seed000 {
 
     /// The seed-000 topology for a test (nothing running on the routers):
     /// unique names, removed on drop. Panics on failure.
-    pub fn new() -> Seed000 {
+    pub fn build() -> Seed000 {
         hagw_testkit::require_root();
         Seed000::create(Mode::Test).unwrap_or_else(|e| panic!("seed 000: {e}"))
     }
@@ -186,12 +186,6 @@ impl Seed000 {
     }
 }
 
-impl Default for Seed000 {
-    fn default() -> Seed000 {
-        Seed000::new()
-    }
-}
-
 impl<D> Seed000<D> {
     /// The seed-000 topology for a test with `start(namespace, router)`
     /// run on r1, then r2, e.g. hagw with the test's config:
@@ -208,7 +202,7 @@ impl<D> Seed000<D> {
             inet,
             sw,
             ..
-        } = Seed000::<()>::new();
+        } = Seed000::<()>::build();
         let daemons = vec![start(&r1, &ROUTERS[0]), start(&r2, &ROUTERS[1])];
         Seed000 {
             daemons,

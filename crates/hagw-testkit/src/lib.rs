@@ -29,7 +29,16 @@
 //!   [`Netns::new`].
 //!
 //! All functions panic with a descriptive message on failure: this is test
-//! code.
+//! code. The exceptions are the `try_*` functions and the namespaces that
+//! outlive their handle ([`Netns::create_persistent`], [`Netns::attach`]):
+//! `hagw lab` builds its topologies with them, and a command must report a
+//! failure and tear down, not panic. They return [`Error`].
+//!
+//! Persistent namespaces carry the names the caller gives them (no
+//! [`unique_name`], so [`cleanup_stale`] never touches them); the processes
+//! started in them with [`Netns::spawn_detached`] are recorded by PID and
+//! start time ([`ProcRecord`]), so a later process can stop exactly them and
+//! never a recycled PID.
 
 mod daemons;
 mod netns;
@@ -44,9 +53,54 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 pub use daemons::{Bird, Frr};
-pub use netns::{addr, bridge, veth, Netns};
-pub use process::Proc;
+pub use netns::{addr, bridge, remove_named, try_addr, try_bridge, try_veth, veth, Netns};
+pub use process::{stop_pid, Proc, ProcRecord};
+
+/// Why a fallible harness call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command could not run or exited non-zero: the command line, its
+    /// status, stdout and stderr.
+    #[error("{0}")]
+    Command(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {0} already exists")]
+    Exists(String),
+    #[error("no network namespace {0}")]
+    Missing(String),
+    /// A namespace or interface name that is empty, too long or would not
+    /// survive a path or a command line.
+    #[error("name {0:?}: at most 15 of letters, digits and - _ . @")]
+    Name(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Whether `name` may name a namespace or an interface: it goes into
+/// `/run/netns/<name>`, command lines and nft rulesets.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+}
 
 /// Prefix of every name made by [`unique_name`]; [`cleanup_stale`] only ever
 /// looks at names carrying it.
@@ -136,7 +190,8 @@ fn scratch_root() -> PathBuf {
     std::env::temp_dir().join("hagw-testkit")
 }
 
-fn ip_netns_pids(name: &str) -> Vec<u32> {
+/// PIDs of the processes (other than ourselves) living in namespace `name`.
+pub fn ns_pids(name: &str) -> Vec<u32> {
     let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
         return Vec::new();
     };
@@ -149,44 +204,59 @@ fn ip_netns_pids(name: &str) -> Vec<u32> {
 }
 
 /// Stops every process (other than ourselves) living in namespace `name`,
-/// by PID: TERM, up to [`STOP_GRACE`], then KILL.
+/// by PID: TERM, up to [`STOP_GRACE`], then KILL. Each PID is signalled
+/// only while it still has the start time it had when found, so a PID
+/// recycled meanwhile is never hit.
 fn stop_ns_processes(name: &str) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let pids = ip_netns_pids(name);
-    if pids.is_empty() {
+    let found: Vec<(u32, u64)> = ns_pids(name)
+        .into_iter()
+        .filter_map(|p| process::start_time(p).map(|t| (p, t)))
+        .collect();
+    if found.is_empty() {
         return;
     }
-    for &p in &pids {
-        let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
+    for &(p, t) in &found {
+        process::signal_if_same(p, t, Signal::SIGTERM);
     }
     let deadline = Instant::now() + STOP_GRACE;
+    let living = || {
+        found
+            .iter()
+            .copied()
+            .filter(|&(p, t)| process::same_process(p, t))
+            .collect::<Vec<_>>()
+    };
     while Instant::now() < deadline {
-        if ip_netns_pids(name).is_empty() {
+        if living().is_empty() {
             return;
         }
         thread::sleep(Duration::from_millis(20));
     }
-    for p in ip_netns_pids(name) {
-        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+    for (p, t) in living() {
+        process::signal_if_same(p, t, Signal::SIGKILL);
     }
 }
 
-/// Removes namespace `name` and everything the harness keeps for it.
-fn remove_ns(name: &str) {
+/// Removes namespace `name` and everything the harness keeps for it:
+/// stops the processes living in it, deletes it, and removes FRR's empty
+/// pathspace directory and the namespace's scratch directory.
+fn try_remove_ns(name: &str) -> Result<(), Error> {
     stop_ns_processes(name);
-    let out = Command::new("ip").args(["netns", "del", name]).output();
-    if let Ok(out) = out {
-        if !out.status.success() && Path::new("/run/netns").join(name).exists() {
-            eprintln!(
-                "hagw-testkit: `ip netns del {name}` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
+    let deleted = run_cmd(Command::new("ip").args(["netns", "del", name]));
     // FRR's -N pathspace makes an (empty) /run/frr/<name>; remove only that.
     let _ = fs::remove_dir(Path::new("/run/frr").join(name));
     let _ = fs::remove_dir_all(scratch_root().join(name));
+    match deleted {
+        Err(e) if Path::new("/run/netns").join(name).exists() => Err(Error::Command(e)),
+        _ => Ok(()),
+    }
+}
+
+/// [`try_remove_ns`] for Drop and cleanup: a failure is printed, not raised.
+fn remove_ns(name: &str) {
+    if let Err(e) = try_remove_ns(name) {
+        eprintln!("hagw-testkit: cannot delete namespace {name}: {e}");
+    }
 }
 
 /// Removes `hgt*` namespaces (and their scratch directories) whose creating
@@ -238,11 +308,15 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 }
 
 /// Runs a command to completion; Ok(stdout) on success, Err(description with
-/// stdout and stderr) otherwise.
+/// stdout and stderr) otherwise. The command runs in its own process group,
+/// so a Ctrl-C at the terminal reaches only the caller (which then tears
+/// down in order), not a half-done `ip` command.
 fn run_cmd(cmd: &mut Command) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
     let shown = format!("{cmd:?}");
     let out = cmd
         .stdin(std::process::Stdio::null())
+        .process_group(0)
         .output()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

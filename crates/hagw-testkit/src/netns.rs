@@ -1,7 +1,8 @@
 //! Network namespaces and the links between them.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,17 +12,25 @@ use std::time::Duration;
 
 use nix::sched::{setns, CloneFlags};
 
-use crate::process::{Proc, ProcInner};
-use crate::{cleanup_stale, live_names, remove_ns, require_root, run_cmd, scratch_root};
+use crate::process::{self, Proc, ProcInner, ProcRecord};
+use crate::{
+    cleanup_stale, live_names, remove_ns, require_root, run_cmd, scratch_root, try_remove_ns,
+    valid_name, Error,
+};
 
-/// A network namespace made for one test. Dropping it stops the processes
-/// spawned in it, then any other process still living in it (by PID), then
-/// deletes the namespace and its scratch directory.
+/// A network namespace. One made for a test ([`Netns::new`]) is removed
+/// when dropped: the processes spawned in it are stopped, then any other
+/// process still living in it (by PID), then the namespace and its scratch
+/// directory are deleted. One made with [`Netns::create_persistent`] or
+/// found with [`Netns::attach`] stays when the handle drops (its spawned
+/// [`Proc`]s still stop with theirs); [`remove_named`] deletes it.
 pub struct Netns {
     name: String,
     dir: PathBuf,
     procs: Mutex<Vec<Weak<ProcInner>>>,
     spawned: AtomicU32,
+    /// Deleted on drop (a test's namespace), or left standing.
+    owned: bool,
 }
 
 impl Netns {
@@ -45,22 +54,76 @@ impl Netns {
                 .remove(&name);
             panic!("cannot create namespace {name}: {e}");
         }
-        let root = scratch_root();
-        let dir = root.join(&name);
         // From here on Drop removes whatever was made.
-        let ns = Netns {
-            name,
-            dir,
-            procs: Mutex::new(Vec::new()),
-            spawned: AtomicU32::new(0),
-        };
-        fs::create_dir_all(&ns.dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", ns.dir.display()));
-        for d in [&root, &ns.dir] {
-            let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o755));
-        }
+        let ns = Netns::handle(name, true);
+        ns.make_dir()
+            .unwrap_or_else(|e| panic!("in netns {}: {e}", ns.name));
         ns.sh("ip link set lo up");
         ns
+    }
+
+    /// Creates namespace `name` exactly (no [`crate::unique_name`]) with
+    /// `lo` up, to outlive this handle and this process: `hagw lab up`
+    /// builds the lab and exits, `hagw lab fail` finds it later by name
+    /// ([`Netns::attach`]), `hagw lab down` removes it ([`remove_named`]).
+    /// Fails if it exists. A half-made namespace (lo failed) is deleted.
+    pub fn create_persistent(name: &str) -> Result<Netns, Error> {
+        if !valid_name(name) {
+            return Err(Error::Name(name.to_string()));
+        }
+        if Netns::exists(name) {
+            return Err(Error::Exists(name.to_string()));
+        }
+        run_cmd(Command::new("ip").args(["netns", "add", name])).map_err(Error::Command)?;
+        let ns = Netns::handle(name.to_string(), false);
+        if let Err(e) = ns.try_ip(&["link", "set", "lo", "up"]) {
+            let _ = try_remove_ns(name);
+            return Err(e);
+        }
+        Ok(ns)
+    }
+
+    /// A handle on the existing namespace `name` (made by another process,
+    /// e.g. with [`Netns::create_persistent`]); dropping it leaves the
+    /// namespace.
+    pub fn attach(name: &str) -> Result<Netns, Error> {
+        if !valid_name(name) {
+            return Err(Error::Name(name.to_string()));
+        }
+        if !Netns::exists(name) {
+            return Err(Error::Missing(name.to_string()));
+        }
+        Ok(Netns::handle(name.to_string(), false))
+    }
+
+    /// Whether a namespace `name` exists (`/run/netns/<name>`).
+    pub fn exists(name: &str) -> bool {
+        Path::new("/run/netns").join(name).exists()
+    }
+
+    fn handle(name: String, owned: bool) -> Netns {
+        Netns {
+            dir: scratch_root().join(&name),
+            name,
+            procs: Mutex::new(Vec::new()),
+            spawned: AtomicU32::new(0),
+            owned,
+        }
+    }
+
+    /// Creates the scratch directory (and its root), world-traversable.
+    fn make_dir(&self) -> Result<(), Error> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(format!("cannot create {}", self.dir.display()), e))?;
+        for d in [&scratch_root(), &self.dir] {
+            let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o755));
+        }
+        Ok(())
+    }
+
+    /// Whether dropping this handle leaves the namespace standing.
+    pub fn is_persistent(&self) -> bool {
+        !self.owned
     }
 
     /// The namespace name (as listed by `ip netns list`).
@@ -93,6 +156,12 @@ impl Netns {
         run_cmd(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", script]))
     }
 
+    /// `ip -n NAME args...`: its stdout, or the failure with the command
+    /// line, stdout and stderr. No shell, so arguments need no quoting.
+    pub fn try_ip(&self, args: &[&str]) -> Result<String, Error> {
+        run_cmd(Command::new("ip").args(["-n", &self.name]).args(args)).map_err(Error::Command)
+    }
+
     /// Starts `program args..` inside the namespace with stdout and stderr
     /// going to a log file in [`Netns::dir`]. The returned [`Proc`] stops it
     /// when dropped; dropping the namespace stops it too.
@@ -108,6 +177,10 @@ impl Netns {
             .and_then(|s| s.to_str())
             .unwrap_or("proc");
         let log = self.dir.join(format!("{base}-{n}.log"));
+        if !self.dir.exists() {
+            self.make_dir()
+                .unwrap_or_else(|e| panic!("in netns {}: {e}", self.name));
+        }
         let out = File::create(&log)
             .unwrap_or_else(|e| panic!("cannot create log {}: {e}", log.display()));
         let err = out
@@ -130,6 +203,51 @@ impl Netns {
         procs.retain(|w| w.strong_count() > 0);
         procs.push(Arc::downgrade(&inner));
         Proc { inner }
+    }
+
+    /// Starts `program args..` inside the namespace **detached**: in its own
+    /// process group (a Ctrl-C at the terminal does not reach it), stdout
+    /// and stderr appended to `log`, and not stopped by anything here: it
+    /// outlives the caller, who keeps the returned [`ProcRecord`] to check
+    /// and stop it later, from any process. `ip netns exec` execs the
+    /// program, so the PID recorded is the program's own.
+    pub fn spawn_detached(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<ProcRecord, Error> {
+        let cannot_open = |e| Error::io(format!("cannot open {}", log.display()), e);
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(cannot_open)?;
+        let err = out.try_clone().map_err(cannot_open)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::io(format!("cannot start {name} in {}", self.name), e))?;
+        let pid = child.id();
+        // The child is reaped by whoever outlives it (init once the caller
+        // exits); until then it is checked by PID and start time.
+        drop(child);
+        Ok(ProcRecord {
+            name: name.to_string(),
+            ns: self.name.clone(),
+            pid,
+            start_time: process::start_time(pid).unwrap_or(0),
+            log: log.to_path_buf(),
+        })
     }
 
     /// Runs `f` on a new OS thread that has `setns()`'d into this namespace
@@ -189,18 +307,38 @@ impl Netns {
     }
 
     fn open(&self) -> File {
+        self.open_file().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn open_file(&self) -> Result<File, Error> {
         File::open(self.path())
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.path().display()))
+            .map_err(|e| Error::io(format!("cannot open {}", self.path().display()), e))
     }
 
     /// Sets a sysctl inside the namespace (`net.*` keys are per namespace),
     /// e.g. `ns.sysctl("net.ipv4.ip_forward", "1")`.
     pub fn sysctl(&self, key: &str, value: &str) {
+        self.try_sysctl(key, value)
+            .unwrap_or_else(|e| panic!("in netns {}: {e}", self.name));
+    }
+
+    /// [`Netns::sysctl`] returning the failure.
+    pub fn try_sysctl(&self, key: &str, value: &str) -> Result<(), Error> {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
         let file = path.to_string_lossy().into_owned();
+        let ns = self.open_file()?;
+        let name = &self.name;
         // /proc/sys/net resolves against the opening thread's namespace.
-        self.run(|| fs::write(&path, value))
-            .unwrap_or_else(|e| panic!("sysctl {key}={value} in netns {}: {file}: {e}", self.name));
+        let written = thread::scope(|s| {
+            s.spawn(|| {
+                setns(&ns, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns into netns {name} failed: {e}"))?;
+                fs::write(&path, value).map_err(|e| format!("{file}: {e}"))
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+        written.map_err(|e| Error::Command(format!("sysctl {key}={value} in netns {name}: {e}")))
     }
 
     /// Polls `check` every 20 ms until it returns true; panics mentioning
@@ -223,6 +361,9 @@ impl Drop for Netns {
         for p in procs.iter().rev().filter_map(Weak::upgrade) {
             p.stop_within(crate::STOP_GRACE);
         }
+        if !self.owned {
+            return;
+        }
         remove_ns(&self.name);
         live_names()
             .lock()
@@ -231,44 +372,87 @@ impl Drop for Netns {
     }
 }
 
-fn check_ifname(name: &str) {
-    assert!(
-        !name.is_empty() && name.len() <= crate::MAX_NAME,
-        "interface name {name:?} must be 1..={} chars",
-        crate::MAX_NAME
-    );
+/// Deletes namespace `name` (one made with [`Netns::create_persistent`],
+/// perhaps by another process): stops every process living in it by PID
+/// (TERM, up to 5 s, then KILL), deletes it and the harness's directories
+/// for it. Deleting one that does not exist is not an error.
+pub fn remove_named(name: &str) -> Result<(), Error> {
+    if !valid_name(name) {
+        return Err(Error::Name(name.to_string()));
+    }
+    if !Netns::exists(name) {
+        return Ok(());
+    }
+    try_remove_ns(name)
+}
+
+fn check_ifname(name: &str) -> Result<(), Error> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::Name(name.to_string()))
+    }
 }
 
 /// Creates a veth pair `a_if` (in `a`) <-> `b_if` (in `b`) and sets both ends
 /// up. The pair is created from inside `a` with its peer placed directly in
 /// `b`, so nothing ever appears in the root namespace.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    check_ifname(a_if);
-    check_ifname(b_if);
-    a.sh(&format!(
-        "ip link add {a_if} type veth peer name {b_if} netns {} && ip link set {a_if} up",
-        b.name()
-    ));
-    b.sh(&format!("ip link set {b_if} up"));
+    try_veth(a, a_if, b, b_if).unwrap_or_else(|e| panic!("veth {a_if} <-> {b_if}: {e}"));
+}
+
+/// [`veth`] returning the failure.
+pub fn try_veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), Error> {
+    check_ifname(a_if)?;
+    check_ifname(b_if)?;
+    a.try_ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    a.try_ip(&["link", "set", a_if, "up"])?;
+    b.try_ip(&["link", "set", b_if, "up"])?;
+    Ok(())
 }
 
 /// Creates bridge `name` in `ns`, sets it up and enslaves `ports` (also set
 /// up). STP stays off, so ports forward at once.
 pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) {
-    check_ifname(name);
-    let mut script = format!("ip link add {name} type bridge && ip link set {name} up");
+    try_bridge(ns, name, ports).unwrap_or_else(|e| panic!("bridge {name}: {e}"));
+}
+
+/// [`bridge`] returning the failure.
+pub fn try_bridge(ns: &Netns, name: &str, ports: &[&str]) -> Result<(), Error> {
+    check_ifname(name)?;
+    ns.try_ip(&["link", "add", name, "type", "bridge"])?;
+    ns.try_ip(&["link", "set", name, "up"])?;
     for p in ports {
-        script.push_str(&format!(
-            " && ip link set {p} master {name} && ip link set {p} up"
-        ));
+        check_ifname(p)?;
+        ns.try_ip(&["link", "set", p, "master", name, "up"])?;
     }
-    ns.sh(&script);
+    Ok(())
 }
 
 /// Adds address `cidr` (e.g. `10.0.0.1/24`, `fd00::1/64`) to `ifname` in
 /// `ns`. IPv6 addresses skip duplicate address detection so they are usable
 /// at once.
 pub fn addr(ns: &Netns, ifname: &str, cidr: &str) {
-    let nodad = if cidr.contains(':') { " nodad" } else { "" };
-    ns.sh(&format!("ip addr add {cidr} dev {ifname}{nodad}"));
+    try_addr(ns, ifname, cidr).unwrap_or_else(|e| panic!("addr {cidr} on {ifname}: {e}"));
+}
+
+/// [`addr`] returning the failure.
+pub fn try_addr(ns: &Netns, ifname: &str, cidr: &str) -> Result<(), Error> {
+    let mut args = vec!["addr", "add", cidr, "dev", ifname];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ns.try_ip(&args)?;
+    Ok(())
 }

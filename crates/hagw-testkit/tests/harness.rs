@@ -279,3 +279,55 @@ protocol bgp up {
     );
     assert!(frr.vtysh("show bgp summary").contains("10.96.0.2"));
 }
+
+/// Deletes a persistent namespace when dropped, so a failing test leaves
+/// nothing behind.
+struct RemoveNamed(String);
+
+impl Drop for RemoveNamed {
+    fn drop(&mut self) {
+        let _ = hagw_testkit::remove_named(&self.0);
+    }
+}
+
+#[test]
+fn a_persistent_namespace_outlives_its_handle_and_its_detached_process_too() {
+    hagw_testkit::require_root();
+    // Not a unique_name(): cleanup_stale must never take it for a leftover.
+    let name = format!("hgtkeep{}", std::process::id());
+    let _guard = RemoveNamed(name.clone());
+    let ns = Netns::create_persistent(&name).expect("create");
+    assert!(ns.is_persistent());
+    assert!(matches!(
+        Netns::create_persistent(&name),
+        Err(hagw_testkit::Error::Exists(_))
+    ));
+    let log = std::env::temp_dir().join(format!("{name}.log"));
+    let p = ns
+        .spawn_detached("sleeper", Path::new("sleep"), &["600".into()], &[], &log)
+        .expect("spawn");
+    drop(ns);
+    // Still there, and so is the process, found again by name.
+    assert!(Netns::exists(&name));
+    assert!(p.alive(), "{p:?}");
+    let again = Netns::attach(&name).expect("attach");
+    assert!(again.try_ip(&["link", "show", "lo"]).is_ok());
+    assert!(hagw_testkit::ns_pids(&name).contains(&p.pid));
+    // A record with another start time is another process: left alone.
+    let other = hagw_testkit::ProcRecord {
+        start_time: p.start_time + 1,
+        ..p.clone()
+    };
+    assert!(!other.alive() && !other.stop(Duration::from_millis(100)));
+    assert!(p.alive());
+    assert!(p.stop(Duration::from_secs(2)));
+    assert!(!p.alive());
+    drop(again);
+    hagw_testkit::remove_named(&name).expect("remove");
+    assert!(!Netns::exists(&name));
+    assert!(matches!(
+        Netns::attach(&name),
+        Err(hagw_testkit::Error::Missing(_))
+    ));
+    let _ = std::fs::remove_file(log);
+}

@@ -1,11 +1,10 @@
 //! hagw: the daemon ([`daemon`]), its config schema ([`config`]) and its control
 //! socket ([`control`]). The protocols live in `hagw-bgp`, the kernel in
-//! `hagw-kernel`.
+//! `hagw-kernel`, `hagw lab` in `hagw-lab`.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod lab;
 pub mod policy_routing;
 
 use std::fmt::Write;

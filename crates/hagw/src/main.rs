@@ -1,7 +1,8 @@
 //! `hagw`: the daemon and its command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -45,13 +46,13 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// The articles' topologies in network namespaces on this machine: the demo to start with.
-    Lab(hagw::lab::LabArgs),
+    Lab(hagw_lab::LabArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Lab(args) => match hagw::lab::run(args) {
+        Cmd::Lab(args) => match hagw_lab::run(args, lab_status_text) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hagw lab: {e:#}");
@@ -131,6 +132,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `hagw status` of a lab node, for `hagw lab status` and the lab's
+/// diagnostics: the daemon gets 3 s to answer.
+fn lab_status_text(socket: &Path) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let st = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3), control::request_status(socket))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from {} within 3 s", socket.display()))?
+    })?;
+    Ok(hagw::status_text(&st))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use hagw::daemon::bfd::{Bfd, BfdSessionStatus, BfdState};
 use hagw_bfd::packet::ControlPacket;
 use hagw_bfd::{Diag, State};
+use hagw_lab::SilentCut;
 use hagw_testkit::{addr, veth, wait_until, Frr, Netns};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -132,8 +133,9 @@ fn interop_with_frr_bfdd_up_and_silent_cut() {
             .is_some_and(|r| r.contains("Transmission interval: 50ms"))
     });
 
-    // Silent cut on the hagw side: nothing arrives any more.
-    h.sh("iptables -I INPUT -j DROP");
+    // Silent cut of the hagw side's link: nothing arrives any more (and
+    // nothing leaves: FRR times out too).
+    let silent = SilentCut::new(&h, "e0");
     let cut = Instant::now();
     side.wait_state(&mut rx, BfdState::Down, Duration::from_secs(2));
     let measured = cut.elapsed();
@@ -151,7 +153,7 @@ fn interop_with_frr_bfdd_up_and_silent_cut() {
     });
 
     // Heal: back Up.
-    h.sh("iptables -D INPUT -j DROP");
+    silent.restore();
     let again = side.wait_state(&mut rx, BfdState::Up, Duration::from_secs(15));
     println!("Up again {again:?} after the heal");
     wait_until("FRR's BFD peer up again", Duration::from_secs(10), || {
@@ -219,8 +221,8 @@ fn hagw_to_hagw_10ms_both_families_and_silent_cut() {
     assert!(st.counters.rx > 50, "{st:?}");
     assert_eq!(sa.rt.block_on(sa.bfd.status()).len(), 2);
 
-    // Silent cut both ways in b: everyone must time out.
-    b.sh("iptables -I INPUT -j DROP; iptables -I OUTPUT -j DROP; ip6tables -I INPUT -j DROP; ip6tables -I OUTPUT -j DROP");
+    // Silent cut both ways of b's link: everyone must time out.
+    let _silent = SilentCut::new(&b, "e0");
     let cut = Instant::now();
     let mut times = Vec::new();
     for (name, s, rx) in [

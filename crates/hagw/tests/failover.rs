@@ -1,54 +1,15 @@
 //! Issue 6 scenarios: uplink-gated announcements and graceful restart, on the
-//! seed-000 topology (host, r1, r2 on a switch; r1/r2 uplinks to an "internet").
+//! seed-000 topology (host, r1, r2 on a switch; r1/r2 uplinks to an
+//! "internet"), as `hagw lab` builds it ([`Seed000`]).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::Hagw;
-use hagw_testkit::{addr, bridge, veth, Netns};
-
-struct Lab {
-    _sw: Netns,
-    host: Netns,
-    r1: Netns,
-    r2: Netns,
-    inet: Netns,
-}
-
-fn lab() -> Lab {
-    hagw_testkit::require_root();
-    let sw = Netns::new("sw");
-    let host = Netns::new("host");
-    let r1 = Netns::new("r1");
-    let r2 = Netns::new("r2");
-    let inet = Netns::new("inet");
-    veth(&host, "eth1", &sw, "p0");
-    veth(&r1, "eth1", &sw, "p1");
-    veth(&r2, "eth1", &sw, "p2");
-    bridge(&sw, "br0", &["p0", "p1", "p2"]);
-    addr(&host, "eth1", "192.168.100.100/24");
-    addr(&r1, "eth1", "192.168.100.20/24");
-    addr(&r2, "eth1", "192.168.100.21/24");
-    veth(&r1, "wan", &inet, "i1");
-    veth(&r2, "wan", &inet, "i2");
-    addr(&r1, "wan", "198.51.100.1/30");
-    addr(&inet, "i1", "198.51.100.2/30");
-    addr(&r2, "wan", "198.51.100.5/30");
-    addr(&inet, "i2", "198.51.100.6/30");
-    inet.sh("ip addr add 203.0.113.1/32 dev lo && ip route add 192.168.100.0/24 nexthop via 198.51.100.1 nexthop via 198.51.100.5");
-    r1.sh("ip route add default via 198.51.100.2");
-    r2.sh("ip route add default via 198.51.100.6");
-    r1.sysctl("net.ipv4.ip_forward", "1");
-    r2.sysctl("net.ipv4.ip_forward", "1");
-    Lab {
-        _sw: sw,
-        host,
-        r1,
-        r2,
-        inet,
-    }
-}
+use hagw_lab::seed000::RouterSpec;
+use hagw_lab::Seed000;
+use hagw_testkit::Netns;
 
 fn router_config(id: &str, extra: &str) -> String {
     format!(
@@ -89,6 +50,13 @@ pin_connections = false
 
 const GR: &str = "[bgp.graceful_restart]\nenabled = true\nrestart_time = 30\n";
 
+/// Seed 000 with hagw on r1 and r2, each with `router_config(its address, extra)`.
+fn lab_with_routers(extra: &'static str) -> Seed000<Hagw> {
+    Seed000::with_routers(move |ns, r: &RouterSpec| {
+        Hagw::start(ns, &router_config(&r.lan_addr.to_string(), extra))
+    })
+}
+
 fn default_route(ns: &Netns) -> String {
     ns.sh("ip route show default")
 }
@@ -103,8 +71,8 @@ fn wait_hops(ns: &Netns, hops: &[&str], timeout: Duration) {
 
 /// Runs `ping -i 0.002` from the host for `secs` while `during` runs; returns
 /// (sent, received).
-fn ping_while(lab: &Lab, secs: u32, during: impl FnOnce()) -> (u32, u32) {
-    let p = lab.host.spawn(
+fn ping_while(host: &Netns, secs: u32, during: impl FnOnce()) -> (u32, u32) {
+    let p = host.spawn(
         "ping",
         &[
             "-n",
@@ -136,13 +104,15 @@ fn ping_while(lab: &Lab, secs: u32, during: impl FnOnce()) -> (u32, u32) {
 
 #[test]
 fn the_uplink_probe_withdraws_and_restores_the_default() {
-    let lab = lab();
     let probe = "[[health]]\nprobe = \"icmp\"\ntarget = \"203.0.113.1\"\ninterval_ms = 100\nfall = 3\nrise = 3\n";
-    let _r1 = Hagw::start(
-        &lab.r1,
-        &format!("{}{probe}", router_config("192.168.100.20", "")),
-    );
-    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", ""));
+    // r1 probes its uplink; r2 does not.
+    let lab = Seed000::with_routers(|ns, r| {
+        let config = router_config(&r.lan_addr.to_string(), "");
+        match r.name {
+            "r1" => Hagw::start(ns, &format!("{config}{probe}")),
+            _ => Hagw::start(ns, &config),
+        }
+    });
     let host = Hagw::start(&lab.host, HOST_CONFIG);
     wait_hops(
         &lab.host,
@@ -151,7 +121,7 @@ fn the_uplink_probe_withdraws_and_restores_the_default() {
     );
 
     // r1's uplink dies (silently): r1 withdraws, the host keeps only r2.
-    lab.inet.sh("nft add table inet cut && nft add chain inet cut c '{ type filter hook input priority 0; }' && nft add rule inet cut c iifname i1 drop");
+    let cut = lab.cut_uplink("r1");
     let t = Instant::now();
     wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(5));
     eprintln!(
@@ -163,10 +133,10 @@ fn the_uplink_probe_withdraws_and_restores_the_default() {
         Some("Established"),
         "the session stays up"
     );
-    let st = _r1.status();
+    let st = lab.daemon("r1").status();
     assert_eq!(st["health"][0]["state"], "down", "{st}");
 
-    lab.inet.sh("nft delete table inet cut");
+    cut.restore();
     wait_hops(
         &lab.host,
         &["192.168.100.20", "192.168.100.21"],
@@ -176,7 +146,7 @@ fn the_uplink_probe_withdraws_and_restores_the_default() {
 
 #[test]
 fn an_unreachable_probe_target_at_start_is_reported_not_fatal() {
-    let lab = lab();
+    let lab = Seed000::build();
     let probe =
         "[[health]]\nprobe = \"tcp\"\ntarget = \"203.0.113.99\"\nport = 443\ninterval_ms = 200\n";
     let r1 = Hagw::start(
@@ -212,18 +182,17 @@ enum Restart {
 /// one hagw stops and starts again: no packet may be lost, and the sessions
 /// and both next hops come back.
 fn graceful_restart_loses_no_packet(which: Restart) {
-    let lab = lab();
+    let lab = lab_with_routers(GR);
     let r1_config = router_config("192.168.100.20", GR);
-    let r1 = Hagw::start(&lab.r1, &r1_config);
-    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
+    let r1 = lab.daemon("r1");
     let host = Hagw::start(&lab.host, HOST_CONFIG);
     wait_hops(&lab.host, &BOTH, Duration::from_secs(20));
 
     let mut restarted = None;
-    let (sent, received) = ping_while(&lab, 6, || {
+    let (sent, received) = ping_while(&lab.host, 6, || {
         let (old, ns, config) = match which {
             Restart::Host => (&host, &lab.host, HOST_CONFIG),
-            Restart::R1 => (&r1, &lab.r1, r1_config.as_str()),
+            Restart::R1 => (r1, &lab.r1, r1_config.as_str()),
         };
         old.proc.stop();
         // The restarting host keeps its kernel routes; a helper host keeps
@@ -263,27 +232,23 @@ fn a_router_restart_with_graceful_restart_loses_no_packet() {
 
 #[test]
 fn without_graceful_restart_a_stopped_router_is_withdrawn_at_once() {
-    let lab = lab();
-    let r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", ""));
-    let _r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", ""));
+    let lab = lab_with_routers("");
     let _host = Hagw::start(&lab.host, HOST_CONFIG);
     wait_hops(
         &lab.host,
         &["192.168.100.20", "192.168.100.21"],
         Duration::from_secs(20),
     );
-    r1.proc.stop();
+    lab.daemon("r1").proc.stop();
     // r1 sent a Cease: its next hop goes at once, the default never disappears.
     wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(2));
 }
 
 #[test]
 fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
-    let lab = lab();
     let bfd = "[bfd]\ninterval_ms = 10\nmultiplier = 3\n";
     let range_bfd = |id: &str| format!("{}bfd = true\n{bfd}", router_config(id, ""));
-    let _r1 = Hagw::start(&lab.r1, &range_bfd("192.168.100.20"));
-    let _r2 = Hagw::start(&lab.r2, &range_bfd("192.168.100.21"));
+    let lab = Seed000::with_routers(|ns, r| Hagw::start(ns, &range_bfd(&r.lan_addr.to_string())));
     let host_cfg = HOST_CONFIG.replace("hold_time = 3\n", "hold_time = 30\nbfd = true\n") + bfd;
     let host = Hagw::start(&lab.host, &host_cfg);
     wait_hops(
@@ -308,7 +273,8 @@ fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
         "{st}"
     );
     let t = Instant::now();
-    lab.r1.sh("nft add table inet cut && nft add chain inet cut i '{ type filter hook input priority -300; }' && nft add chain inet cut o '{ type filter hook output priority -300; }' && nft add rule inet cut i iifname eth1 drop && nft add rule inet cut o oifname eth1 drop");
+    // r1's LAN link dies silently, as `hagw lab fail r1` cuts it.
+    let _cut = lab.cut("r1");
     wait_hops(&lab.host, &["192.168.100.21"], Duration::from_secs(5));
     let ms = t.elapsed().as_millis();
     eprintln!("BFD 10 ms x 3: r1 left the default after {ms} ms");
@@ -321,7 +287,7 @@ fn bfd_takes_a_silently_cut_router_out_before_the_hold_timer() {
 
 #[test]
 fn an_unreachable_neighbor_does_not_hold_a_restart_deferral() {
-    let lab = lab();
+    let lab = Seed000::build();
     // r2 is gone: its link is down, so the host's connects find no route.
     lab.r2.sh("ip link set eth1 down");
     let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
@@ -348,9 +314,8 @@ fn an_unreachable_neighbor_does_not_hold_a_restart_deferral() {
 
 #[test]
 fn a_neighbor_whose_bgp_is_restarting_holds_the_restart_deferral() {
-    let lab = lab();
-    let _r1 = Hagw::start(&lab.r1, &router_config("192.168.100.20", GR));
-    let r2 = Hagw::start(&lab.r2, &router_config("192.168.100.21", GR));
+    let lab = lab_with_routers(GR);
+    let r2 = lab.daemon("r2");
     let host = Hagw::start(&lab.host, HOST_CONFIG);
     wait_hops(
         &lab.host,

@@ -1,7 +1,10 @@
 //! Host role (issue 4): hagw peers with every router and keeps one multipath
-//! default in the kernel. Seed-000 topology in namespaces each test makes and
-//! removes: a switch namespace with a bridge, the host (192.168.100.100/24) and
-//! two routers (192.168.100.20 and .21), the routers running hagw or FRR.
+//! default in the kernel. The seed-000 topology as `hagw lab` builds it
+//! ([`Seed000`]), in namespaces each test makes and removes: a switch
+//! namespace with a bridge (which also answers as 192.168.100.1, the "subnet
+//! gateway" of the DHCP and static routes), the host (192.168.100.100/24) and
+//! two routers (192.168.100.20 and .21), each on its `eth1`, the routers
+//! running hagw or FRR.
 
 mod common;
 
@@ -11,46 +14,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::Hagw;
-use hagw_testkit::{addr, bridge, veth, wait_until, Frr, Netns};
+use hagw_lab::seed000::RouterSpec;
+use hagw_lab::Seed000;
+use hagw_testkit::{addr, veth, wait_until, Netns};
 
 const R1: &str = "192.168.100.20";
 const R2: &str = "192.168.100.21";
 
-/// The seed's LAN: a bridge in `sw` (which also answers as 192.168.100.1,
-/// the "subnet gateway" of the DHCP and static routes), the host and two
-/// routers on it, each on its `eth1`.
-struct Lan {
-    // Dropped in field order: the host (and its hagw) first, the switch last.
-    host: Netns,
-    r1: Netns,
-    r2: Netns,
-    _sw: Netns,
-}
-
-fn lan() -> Lan {
-    hagw_testkit::require_root();
-    let sw = Netns::new("sw");
-    let host = Netns::new("host");
-    let r1 = Netns::new("r1");
-    let r2 = Netns::new("r2");
-    veth(&host, "eth1", &sw, "p1");
-    veth(&r1, "eth1", &sw, "p2");
-    veth(&r2, "eth1", &sw, "p3");
-    bridge(&sw, "br0", &["p1", "p2", "p3"]);
-    addr(&sw, "br0", "192.168.100.1/24");
-    addr(&host, "eth1", "192.168.100.100/24");
-    addr(&r1, "eth1", &format!("{R1}/24"));
-    addr(&r2, "eth1", &format!("{R2}/24"));
-    Lan {
-        host,
-        r1,
-        r2,
-        _sw: sw,
-    }
+/// Seed 000 with hagw on both routers ([`hagw_router`]).
+fn lan_with_hagw_routers() -> Seed000<Hagw> {
+    Seed000::with_routers(hagw_router)
 }
 
 /// A hagw router: every host of 192.168.100.96/27 gets a default.
-fn hagw_router(ns: &Netns, id: &str) -> Hagw {
+fn hagw_router(ns: &Netns, r: &RouterSpec) -> Hagw {
+    let id = r.lan_addr;
     Hagw::start(
         ns,
         &format!(
@@ -66,23 +44,6 @@ default_originate = true
 hold_time = 3
 "#
         ),
-    )
-}
-
-/// An FRR router as in bench/frr-lab.sh: a listen range, default-originate.
-fn frr_router(ns: &Netns, id: &str) -> Frr {
-    Frr::start(
-        ns,
-        &format!(
-            "frr defaults datacenter\n\
-             router bgp 65000\n bgp router-id {id}\n no bgp ebgp-requires-policy\n\
-             neighbor fabric peer-group\n neighbor fabric remote-as external\n\
-             neighbor fabric timers 1 3\n\
-             bgp listen range 192.168.100.96/27 peer-group fabric\n\
-             address-family ipv4 unicast\n  neighbor fabric default-originate\n\
-             exit-address-family\n"
-        ),
-        false,
     )
 }
 
@@ -268,9 +229,7 @@ fn assert_default_never_missing(w: DefaultWatcher, mon: &hagw_testkit::Proc, wha
 
 #[test]
 fn host_with_two_hagw_routers_installs_one_l4_multipath_default() {
-    let lan = lan();
-    let _r1 = hagw_router(&lan.r1, R1);
-    let _r2 = hagw_router(&lan.r2, R2);
+    let lan = lan_with_hagw_routers();
     // Namespace defaults, but make sure: hagw is what sets them.
     lan.host.sysctl("net.ipv4.fib_multipath_hash_policy", "0");
     lan.host.sysctl("net.ipv6.fib_multipath_hash_policy", "0");
@@ -315,9 +274,8 @@ fn host_with_two_hagw_routers_installs_one_l4_multipath_default() {
 
 #[test]
 fn frr_router_withdrawing_leaves_one_next_hop_and_the_default_never_goes() {
-    let lan = lan();
-    let f1 = frr_router(&lan.r1, R1);
-    let _f2 = frr_router(&lan.r2, R2);
+    let lan = Seed000::with_frr();
+    let f1 = lan.daemon("r1");
     let host = Hagw::start(&lan.host, &host_config(&[R1, R2], ""));
     wait_default_via(&lan.host, &[R1, R2], Duration::from_secs(20));
     assert_eq!(host.established(), 2);
@@ -342,9 +300,8 @@ fn frr_router_withdrawing_leaves_one_next_hop_and_the_default_never_goes() {
 
 #[test]
 fn stopping_a_hagw_router_leaves_one_next_hop_and_the_default_never_goes() {
-    let lan = lan();
-    let r1 = hagw_router(&lan.r1, R1);
-    let _r2 = hagw_router(&lan.r2, R2);
+    let lan = lan_with_hagw_routers();
+    let r1 = lan.daemon("r1");
     let host = Hagw::start(&lan.host, &host_config(&[R1, R2], ""));
     wait_default_via(&lan.host, &[R1, R2], Duration::from_secs(10));
 
@@ -371,11 +328,9 @@ fn stopping_a_hagw_router_leaves_one_next_hop_and_the_default_never_goes() {
 
 #[test]
 fn a_dhcp_default_is_outranked() {
-    let lan = lan();
+    let lan = lan_with_hagw_routers();
     lan.host
         .sh("ip route add default via 192.168.100.1 proto dhcp metric 1024");
-    let _r1 = hagw_router(&lan.r1, R1);
-    let _r2 = hagw_router(&lan.r2, R2);
     let host = Hagw::start(&lan.host, &host_config(&[R1, R2], ""));
     wait_default_via(&lan.host, &[R1, R2], Duration::from_secs(10));
 
@@ -394,11 +349,9 @@ fn a_dhcp_default_is_outranked() {
 
 #[test]
 fn dhcp_default_remove_deletes_it_and_again_when_re_added() {
-    let lan = lan();
+    let lan = lan_with_hagw_routers();
     let dhcp = "ip route add default via 192.168.100.1 proto dhcp metric 1024";
     lan.host.sh(dhcp);
-    let _r1 = hagw_router(&lan.r1, R1);
-    let _r2 = hagw_router(&lan.r2, R2);
     let host = Hagw::start(
         &lan.host,
         &host_config(&[R1, R2], "dhcp_default = \"remove\"\n"),
@@ -430,14 +383,12 @@ fn dhcp_default_remove_deletes_it_and_again_when_re_added() {
 /// hagw's own BGP default: the secondary NIC still gets its table and rule.
 #[test]
 fn dhcp_default_remove_with_policy_routing_finds_the_primary_by_the_bgp_default() {
-    let lan = lan();
+    let lan = lan_with_hagw_routers();
     veth(&lan.host, "eth2", &lan.r2, "eth9");
     addr(&lan.host, "eth2", "10.9.0.5/24");
     addr(&lan.r2, "eth9", "10.9.0.1/24");
     lan.host
         .sh("ip route add default via 192.168.100.1 proto dhcp metric 1024");
-    let _r1 = hagw_router(&lan.r1, R1);
-    let _r2 = hagw_router(&lan.r2, R2);
     let host = Hagw::start(
         &lan.host,
         &host_config(&[R1, R2], "dhcp_default = \"remove\"\n\n[policy_routing]\n"),
@@ -461,7 +412,7 @@ fn dhcp_default_remove_with_policy_routing_finds_the_primary_by_the_bgp_default(
 
 #[test]
 fn a_static_route_is_installed_and_comes_back_after_a_hand_delete() {
-    let lan = lan();
+    let lan = Seed000::build();
     let _host = Hagw::start(
         &lan.host,
         "[kernel]\ninstall = true\nmetric = 20\n\n[[kernel.static]]\n\
@@ -483,7 +434,7 @@ fn a_static_route_is_installed_and_comes_back_after_a_hand_delete() {
 
 #[test]
 fn stale_hagw_routes_are_removed_at_start_and_others_are_not() {
-    let lan = lan();
+    let lan = Seed000::build();
     lan.host.sh(
         "ip route add 198.18.0.0/24 via 192.168.100.1 proto 199 metric 20 && \
          ip route add 198.18.1.0/24 via 192.168.100.1 proto 199 metric 500 && \
@@ -507,9 +458,7 @@ fn stale_hagw_routes_are_removed_at_start_and_others_are_not() {
 
 #[test]
 fn a_hand_deleted_hagw_default_comes_back() {
-    let lan = lan();
-    let _r1 = hagw_router(&lan.r1, R1);
-    let _r2 = hagw_router(&lan.r2, R2);
+    let lan = lan_with_hagw_routers();
     let _host = Hagw::start(&lan.host, &host_config(&[R1, R2], ""));
     wait_default_via(&lan.host, &[R1, R2], Duration::from_secs(10));
     let mon = monitor(&lan.host);
@@ -528,9 +477,7 @@ fn a_hand_deleted_hagw_default_comes_back() {
 
 #[test]
 fn an_unreachable_neighbor_spares_the_others_and_a_dead_link_shows() {
-    let lan = lan();
-    let _r1 = hagw_router(&lan.r1, R1);
-    let _r2 = hagw_router(&lan.r2, R2);
+    let lan = lan_with_hagw_routers();
     let dead = "192.168.100.50";
     let host = Hagw::start(&lan.host, &host_config(&[R1, R2, dead], ""));
     wait_default_via(&lan.host, &[R1, R2], Duration::from_secs(10));

@@ -1,4 +1,5 @@
-//! `hagw lab` end to end (run as root): up, fail r1, heal r1, down.
+//! `hagw lab` end to end (run as root): up, fail r1, heal r1, down; and the
+//! configs it writes.
 //!
 //! The lab uses fixed names (`hagwlab-*`, /run/hagw-lab), so this test holds
 //! an exclusive lock on /run/hagw-lab-test.lock for its whole run, refuses to
@@ -158,4 +159,20 @@ fn lab_up_fail_heal_down() {
     assert!(down.status.success());
     assert!(lab_namespaces().is_empty(), "left: {:?}", lab_namespaces());
     assert!(!Path::new("/run/hagw-lab").exists());
+}
+
+/// The configs `hagw lab up` writes are valid hagw configs, for every
+/// topology, BFD on and off.
+#[test]
+fn lab_configs_are_valid() {
+    use hagw_lab::topology::Options;
+    for kind in <hagw_lab::Kind as clap::ValueEnum>::value_variants() {
+        for bfd_ms in [0, 50] {
+            for node in kind.topology().nodes(&Options { bfd_ms }) {
+                if let Err(problems) = hagw::config::parse(&node.config) {
+                    panic!("{} config: {problems:?}\n{}", node.name, node.config);
+                }
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hagw_kernel::netlink::events::{self as monitor, Event};
+use hagw_kernel::netlink::events::{self, Event};
 use hagw_kernel::netlink::{parse_route, NlSocket, RTMGRP_IPV4_ROUTE};
 use nix::sched::{setns, CloneFlags};
 
@@ -97,7 +97,7 @@ fn watch(
 }
 
 fn main_default_changed(buf: &[u8]) -> bool {
-    monitor::decode(buf).into_iter().any(|e| match e {
+    events::decode(buf).into_iter().any(|e| match e {
         Event::RouteAdded(r) | Event::RouteDeleted(r) => {
             r.table == RT_TABLE_MAIN && r.prefix.prefix_len() == 0
         }

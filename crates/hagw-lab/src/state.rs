@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::sys::ProcRecord;
+use hagw_testkit::ProcRecord;
 
 /// The lab's state directory: configs, logs, sockets, state.json.
 pub const DIR: &str = "/run/hagw-lab";

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::sys::ip_ns;
+use hagw_testkit::Netns;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefaultRoute {
@@ -16,7 +16,7 @@ pub struct DefaultRoute {
 
 /// Every IPv4 default route of the main table in `ns`.
 pub fn defaults(ns: &str) -> anyhow::Result<Vec<DefaultRoute>> {
-    let out = ip_ns(ns, &["-j", "-4", "route", "show", "default"])?;
+    let out = Netns::attach(ns)?.try_ip(&["-j", "-4", "route", "show", "default"])?;
     parse(&out)
 }
 

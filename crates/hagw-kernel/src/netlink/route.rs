@@ -270,35 +270,32 @@ impl std::fmt::Display for DevRoute {
 
 /// RTM_NEWROUTE for `w`, of protocol `protocol`.
 pub fn build_dev_route(w: &DevRoute, protocol: u8) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    let v4 = w.prefix.addr().is_ipv4();
-    msg.header = RouteHeader {
-        address_family: family_of(&w.prefix.addr()),
-        destination_prefix_length: w.prefix.prefix_len(),
-        table: table_u8(w.table),
-        protocol: RouteProtocol::from(protocol),
-        scope: if v4 && w.gateway.is_none() {
-            RouteScope::Link
-        } else {
-            RouteScope::Universe
-        },
-        kind: RouteType::Unicast,
-        ..RouteHeader::default()
-    };
-    if w.prefix.prefix_len() > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(route_addr(w.prefix.addr())));
+    // The same builder as [`build_route`]; it only fails on family mismatches
+    // (a gateway or source of the other family), which are then left out.
+    let mut b = match RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(w.prefix.addr(), w.prefix.prefix_len())
+    {
+        Ok(b) => b,
+        Err(_) => RouteMessageBuilder::<IpAddr>::new(),
     }
-    msg.attributes.push(RouteAttribute::Table(w.table));
-    msg.attributes.push(RouteAttribute::Oif(w.oif));
+    .table_id(w.table)
+    .protocol(RouteProtocol::from(protocol))
+    .kind(RouteType::Unicast)
+    .output_interface(w.oif);
+    if w.prefix.addr().is_ipv4() && w.gateway.is_none() {
+        b = b.scope(RouteScope::Link);
+    }
     if let Some(g) = w.gateway {
-        msg.attributes.push(RouteAttribute::Gateway(route_addr(g)));
+        if let Ok(b2) = b.clone().gateway(g) {
+            b = b2;
+        }
     }
-    if let Some(s) = w.src {
-        msg.attributes
-            .push(RouteAttribute::PrefSource(route_addr(s)));
+    if let Some(src) = w.src {
+        if let Ok(b2) = b.clone().pref_source(src) {
+            b = b2;
+        }
     }
-    msg
+    b.build()
 }
 
 /// The [`DevRoute`] a kernel route is (None: not one of that shape, e.g.

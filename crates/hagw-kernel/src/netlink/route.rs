@@ -18,8 +18,6 @@ use netlink_packet_route::{
 };
 use rtnetlink::{RouteMessageBuilder, RouteNextHopBuilder};
 
-use super::{family_of, route_addr, table_u8};
-
 /// A next hop. IPv6 link-local next hops need `ifindex`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Nexthop {

@@ -3,6 +3,7 @@
 
 pub mod advert;
 pub mod bfd;
+pub mod cloud;
 pub mod health;
 pub mod listener;
 pub mod peer;

@@ -24,6 +24,12 @@
 //!   (keepalived #166, #1528). Not on every such advert: while a one-way
 //!   split lasts (our adverts lost, theirs heard) that would have both
 //!   sides fight over the caches at every interval;
+//! * a Master that steps down for a better advert sends one last advert
+//!   with its own priority: when a partition heals and the winner's advert
+//!   crosses first, the loser would otherwise step down without the winner
+//!   ever hearing that there were two Masters, and the caches the loser
+//!   took over would stay wrong. A Backup takes that advert like any other
+//!   (the winner's follows within an interval);
 //! * `startup_delay`: a non-owner stays Backup at least max(startup_delay,
 //!   Master_Down_Interval) after [`Instance::start`], and no Backup becomes
 //!   Master before the delay is over, so a node whose links come up slowly
@@ -691,6 +697,8 @@ impl Instance {
                     out.push(Output::RemoveVirtualAddresses(
                         self.cfg.virtual_addresses.clone(),
                     ));
+                    // Tell the winner there were two of us.
+                    self.send_advert(self.priority, out);
                 } else {
                     // We win: say so now. A split brain starts (or goes
                     // on): repair ARP / ND caches when it starts.

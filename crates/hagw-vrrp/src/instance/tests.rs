@@ -373,7 +373,8 @@ fn master_follows_the_rules_of_6_4_3() {
         assert_eq!(i.next_deadline(), Some(now + MS + SEC));
     }
 
-    // Equal priority from a greater address: step down, adopt its interval.
+    // Equal priority from a greater address: step down, adopt its
+    // interval, and say one last time that we were Master.
     let out = feed(&mut i, 6, &advert(200, 6, 300), now + 2 * MS);
     assert_eq!(i.state(), StateKind::Backup);
     assert_eq!(
@@ -385,6 +386,10 @@ fn master_follows_the_rules_of_6_4_3() {
                 reason: Reason::Preempted
             },
             Output::RemoveVirtualAddresses(vec![vip()]),
+            Output::Transmit {
+                dst: group(),
+                payload: advert(200, 5, 100)
+            },
         ]
     );
     assert_eq!(i.master(), Some(ip(6)));
@@ -927,6 +932,42 @@ fn a_silenced_master_is_replaced_after_exactly_master_down_interval() {
         announced + 2
     );
     assert_eq!(net.nodes[0].counters().split_brain_healed, 1);
+}
+
+/// A partition heals just before the winner's next advert: it crosses
+/// first, and the loser steps down at once. Its last advert tells the
+/// winner there were two Masters, so the winner still repairs the caches
+/// (keepalived #166), at once and when the split is over.
+#[test]
+fn a_healed_partition_is_announced_whichever_advert_crosses_first() {
+    let mut net = Net::new(cfg(200, 1), cfg(100, 2));
+    net.start(0);
+    net.start(1);
+    net.run_until(ns(10_500_000_000));
+    net.link_up = false;
+    net.run_until(Duration::from_secs(21));
+    assert_eq!(net.states(), (MASTER, MASTER));
+    // a's adverts at 3.21875 + k s: the next is 21.21875 s; b's at
+    // 13.828125 + k s: the next is 21.828125 s.
+    net.run_until(ns(21_200_000_000));
+    net.link_up = true;
+    let announced = net.count(0, |o| matches!(o, Output::Announce(_)));
+    net.run_until(Duration::from_secs(26));
+    assert_eq!(net.states(), (MASTER, BACKUP));
+    let crossed = ns(21_218_750_000);
+    assert!(
+        net.log
+            .contains(&(crossed, 1, MASTER, BACKUP, Reason::Preempted)),
+        "{:?}",
+        net.log
+    );
+    assert!(net
+        .outputs
+        .contains(&(crossed, 0, Output::Announce(vec![vip()]))));
+    assert_eq!(
+        net.count(0, |o| matches!(o, Output::Announce(_))),
+        announced + 2
+    );
 }
 
 /// Our adverts are lost but the other Master's reach us (a one-way

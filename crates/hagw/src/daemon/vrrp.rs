@@ -137,6 +137,8 @@ pub struct VrrpCounters {
     pub other_vrid: u64,
     pub address_list_mismatch: u64,
     pub owner_conflict: u64,
+    /// Split brains seen to end (the other Master went quiet).
+    pub split_brain_healed: u64,
     pub tx_errors: u64,
 }
 
@@ -544,7 +546,7 @@ impl Sock {
                 }
             }
             Family::V6 => {
-                s.set_only_v6(true)?;
+                // (IPV6_V6ONLY is refused on raw sockets, and moot.)
                 s.set_unicast_hops_v6(ttl)?;
                 s.set_multicast_hops_v6(ttl)?;
                 s.set_multicast_loop_v6(false)?;
@@ -715,8 +717,9 @@ fn parse_ipv4(b: &[u8]) -> Option<Packet> {
 }
 
 /// The source address: the configured one if it is on the interface; else
-/// the interface's primary IPv4 address (not a VIP, not hagw's) or its own
-/// IPv6 link-local address. `Err` says why there is none yet.
+/// the interface's primary IPv4 address (not hagw's, not a VIP unless we
+/// own it) or its own IPv6 link-local address. `Err` says why there is none
+/// yet.
 fn pick_source(cfg: &config::Vrrp, iface: &vip::Iface) -> Result<IpAddr, String> {
     if let Some(s) = cfg.source {
         return if iface.has(s) {
@@ -732,7 +735,8 @@ fn pick_source(cfg: &config::Vrrp, iface: &vip::Iface) -> Result<IpAddr, String>
     let mut cands: Vec<&vip::IfAddr> = iface
         .addrs
         .iter()
-        .filter(|a| !a.hagw && !is_vip(a.addr))
+        // The owner's VIP is its own address; anyone else's is not a source.
+        .filter(|a| !a.hagw && (cfg.owner() || !is_vip(a.addr)))
         .filter(|a| match (cfg.family(), a.addr) {
             (Family::V4, IpAddr::V4(v4)) => !v4.is_loopback(),
             (Family::V6, IpAddr::V6(v6)) => v6.is_unicast_link_local(),
@@ -888,17 +892,18 @@ impl Task {
 
     /// The priority tracking leaves, or why the instance must stay out.
     fn tracked_priority(&self) -> Result<u8, String> {
-        let mut p = self.cfg.priority;
+        let mut lowered = 0u8;
         for (i, (dec, up)) in self.trackers.iter().enumerate() {
             if *up == Some(false) {
                 match dec {
-                    Some(d) => p = p.saturating_sub(*d),
+                    Some(d) => lowered = lowered.saturating_add(*d),
                     None => return Err(format!("tracking probe #{i} is down")),
                 }
             }
         }
-        // A non-owner never reaches 255 or 0 through tracking.
-        Ok(p.clamp(1, 254).min(self.cfg.priority))
+        // Priority 0 is a leaving Master's: tracking stops at 1. (The
+        // owner is never tracked: the config refuses it.)
+        Ok(self.cfg.priority.saturating_sub(lowered).max(1))
     }
 
     /// Looks at the interface, source, socket and tracking, and starts,
@@ -1221,6 +1226,7 @@ impl Task {
                 other_vrid: c.other_vrid,
                 address_list_mismatch: c.address_list_mismatch,
                 owner_conflict: c.owner_conflict,
+                split_brain_healed: c.split_brain_healed,
                 tx_errors: self.tx_errors,
             },
             vips: Vec::new(),
@@ -1349,6 +1355,9 @@ mod tests {
         assert_eq!(pick_source(&c, &i), Ok("10.0.0.2".parse().expect("ip")));
         let e = pick_source(&c, &iface(&[("10.0.0.100", false, false)]));
         assert!(e.is_err_and(|e| e.contains("has no IPv4 address")));
+        let owner = cfg("virtual_addresses = [\"10.0.0.1/24\"]\npriority = 255\n");
+        let i = iface(&[("10.0.0.1", false, false)]);
+        assert_eq!(pick_source(&owner, &i), Ok("10.0.0.1".parse().expect("ip")));
         let c6 = cfg("virtual_addresses = [\"fe80::1/64\"]\n");
         let i6 = iface(&[
             ("fe80::1", false, false),

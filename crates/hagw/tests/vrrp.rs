@@ -464,3 +464,167 @@ fn keepalived_backup_of_a_hagw_master() {
 fn hagw_backup_of_a_keepalived_master() {
     keepalived_interop(100, 200);
 }
+
+#[test]
+fn bfd_takes_over_at_once_instead_of_after_master_down_interval() {
+    let lan = Lan::new("bfd");
+    // 1 s adverts: Master_Down_Interval is 3.6 s; BFD 10 ms x 3 is 30 ms.
+    let cfg = |n: u8, p: u8| {
+        v4(n, p, "bfd = true").replace("advert_interval_ms = 100", "advert_interval_ms = 1000")
+            + "[bfd]\ninterval_ms = 10\nmultiplier = 3\n"
+    };
+    let a = Hagw::start(&lan.a, &cfg(1, 200));
+    let b = Hagw::start(&lan.b, &cfg(2, 100));
+    wait_state(&a, "Master", Duration::from_secs(8));
+    wait_state(&b, "Backup", WAIT);
+    wait_until("BFD up on b", WAIT, || {
+        b.status()["bfd"][0]["state"] == "Up" && vrrp(&b)["master"] == "10.0.0.1"
+    });
+    let t0 = Instant::now();
+    lan.cut(0);
+    wait_until("the VIP on b", WAIT, || has(&lan.b, VIP));
+    let took = t0.elapsed();
+    let st = vrrp(&b);
+    assert_eq!(st["last_transition"], "peer down", "{st}");
+    assert!(took < Duration::from_millis(1000), "took {took:?}: {st}");
+}
+
+#[test]
+fn a_missing_source_is_waited_for_and_hooks_say_each_state() {
+    let lan = Lan::new("src");
+    let log = lan.a.dir().join("hook.log");
+    let hook = lan.a.dir().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$HAGW_VRRP_NAME $HAGW_VRRP_STATE $HAGW_VRRP_VIPS\" >> {}\n",
+            log.display()
+        ),
+    )
+    .expect("hook");
+    lan.a.sh(&format!("chmod +x {}", hook.display()));
+    let h = hook.display();
+    // keepalived #1847: a unicast source that is not assigned yet.
+    let a = Hagw::start(
+        &lan.a,
+        &v4(
+            1,
+            200,
+            &format!(
+                "source = \"10.0.0.5\"\non_master = \"{h}\"\non_backup = \"{h}\"\non_fault = \"{h}\""
+            ),
+        ),
+    );
+    wait_state(&a, "Fault", WAIT);
+    let st = vrrp(&a);
+    assert!(
+        st["fault"]
+            .as_str()
+            .is_some_and(|f| f.contains("source 10.0.0.5 is not on eth0 (yet)")),
+        "{st}"
+    );
+    lan.a.sh("ip addr add 10.0.0.5/24 dev eth0");
+    wait_state(&a, "Master", WAIT);
+    assert_eq!(vrrp(&a)["source"], "10.0.0.5");
+    // The link goes down: Fault, the VIP goes; up again: back to Master.
+    lan.a.sh("ip link set eth0 down");
+    wait_state(&a, "Fault", WAIT);
+    assert!(!has(&lan.a, VIP));
+    lan.a.sh("ip link set eth0 up");
+    wait_state(&a, "Master", WAIT);
+    wait_until("the hooks' lines", WAIT, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() >= 6)
+    });
+    let lines = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        vec![
+            "gw fault 10.0.0.100/24",
+            "gw backup 10.0.0.100/24",
+            "gw master 10.0.0.100/24",
+            "gw fault 10.0.0.100/24",
+            "gw backup 10.0.0.100/24",
+            "gw master 10.0.0.100/24",
+        ],
+        "in order, each once"
+    );
+}
+
+#[test]
+fn a_failing_probe_lowers_the_priority_and_the_backup_preempts() {
+    let lan = Lan::new("trk");
+    let probe = "[[health]]\ntarget = \"10.0.0.9\"\ninterval_ms = 100\nfall = 1\nrise = 1\nvrrp = \"gw\"\npriority_decrement = 150\n";
+    let a = Hagw::start(&lan.a, &(v4(1, 200, "") + probe));
+    let b = Hagw::start(&lan.b, &v4(2, 100, ""));
+    wait_state(&a, "Master", WAIT);
+    wait_state(&b, "Backup", WAIT);
+    // The probe target stops answering: 200 - 150 = 50 < 100.
+    lan.c.sh("nft add table inet mute && nft add chain inet mute in '{ type filter hook input priority 0; }' && nft add rule inet mute in icmp type echo-request drop");
+    wait_until("a's priority 50", WAIT, || vrrp(&a)["priority"] == 50);
+    wait_state(&b, "Master", WAIT);
+    wait_state(&a, "Backup", WAIT);
+    assert!(has(&lan.b, VIP) && !has(&lan.a, VIP));
+    // It answers again: 200, and a (preempting) takes back over.
+    lan.c.sh("nft delete table inet mute");
+    wait_state(&a, "Master", WAIT);
+    wait_state(&b, "Backup", WAIT);
+}
+
+#[test]
+fn hagw_check_names_live_problems() {
+    let lan = Lan::new("chk");
+    lan.a.sh(
+        "ip link add dummy1 type veth peer name dummy2 && ip addr add 10.5.0.100/24 dev dummy1",
+    );
+    let path = lan.a.dir().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[vrrp]]
+name = "gw"
+interface = "eth0"
+vrid = 10
+peers = ["10.9.0.2"]
+virtual_addresses = ["10.5.0.100/24"]
+[[vrrp]]
+name = "gw2"
+interface = "eth0"
+vrid = 10
+virtual_addresses = ["10.0.0.101/24"]
+"#,
+    )
+    .expect("config");
+    let out = lan.a.try_sh(&format!(
+        "{} check --config {}",
+        common::HAGW,
+        path.display()
+    ));
+    let err = out.expect_err("refused");
+    for want in ["vrrp[1].vrid: IPv4 VRID 10 on eth0 is also vrrp[0]"] {
+        assert!(err.contains(want), "{want:?} missing:\n{err}");
+    }
+    // With the duplicate gone, the live problems come out.
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(
+        &path,
+        text.replace(
+            "vrid = 10\nvirtual_addresses = [\"10.0.0.101",
+            "vrid = 11\nvirtual_addresses = [\"10.0.0.101",
+        ),
+    )
+    .expect("config");
+    let err = lan
+        .a
+        .try_sh(&format!(
+            "{} check --config {}",
+            common::HAGW,
+            path.display()
+        ))
+        .expect_err("refused");
+    for want in [
+        "vrrp[0].peers[0]: 10.9.0.2 is not on a subnet of eth0",
+        "vrrp[0].virtual_addresses[0]: 10.5.0.100 is already an address of dummy1, not of eth0",
+    ] {
+        assert!(err.contains(want), "{want:?} missing:\n{err}");
+    }
+}

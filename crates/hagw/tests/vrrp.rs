@@ -629,3 +629,49 @@ virtual_addresses = ["10.0.0.101/24"]
         assert!(err.contains(want), "{want:?} missing:\n{err}");
     }
 }
+
+#[test]
+fn gate_bgp_announces_the_default_only_while_master() {
+    use hagw_bgp::packet::Message;
+    let lan = Lan::new("gate");
+    let bgp = r#"
+gate_bgp = true
+[bgp]
+asn = 65000
+router_id = "10.0.0.1"
+listen = ["10.0.0.1"]
+[[bgp.dynamic]]
+range = "10.0.0.0/24"
+remote_asn = "external"
+default_originate = true
+"#;
+    let a = Hagw::start(&lan.a, &v4(1, 100, bgp));
+    let b = Hagw::start(&lan.b, &v4(2, 200, ""));
+    wait_state(&b, "Master", WAIT);
+    wait_state(&a, "Backup", WAIT);
+    let mut peer = lan.c.run(|| {
+        common::RawPeer::connect(
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 179),
+        )
+        .expect("connect")
+    });
+    peer.establish(65009, Ipv4Addr::new(10, 0, 0, 9));
+    // a is Backup: no default.
+    assert_eq!(peer.wait_default(Duration::from_millis(700)), None);
+    // b goes away: a is Master and announces.
+    b.proc.stop();
+    wait_state(&a, "Master", WAIT);
+    assert!(peer.wait_default(WAIT).is_some(), "default announced");
+    // b is back (200, preempting): a withdraws.
+    let _b = Hagw::start(&lan.b, &v4(2, 200, ""));
+    wait_state(&a, "Backup", WAIT);
+    let end = Instant::now() + WAIT;
+    let mut withdrawn = false;
+    while Instant::now() < end && !withdrawn {
+        if let Some(Message::Update(u)) = peer.recv(Duration::from_millis(200)) {
+            withdrawn = u.withdrawn.iter().any(|p| p.prefix_len() == 0);
+        }
+    }
+    assert!(withdrawn, "default withdrawn when a stopped being Master");
+}

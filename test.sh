@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # On a fresh machine, install what the tests drive first (FRR, BIRD, nftables...).
-for tool in cargo vtysh bird birdc nft iptables ping; do
+for tool in cargo vtysh bird birdc nft iptables ping keepalived; do
   if ! command -v "$tool" >/dev/null; then
     echo "--- $tool is missing: running .ci/install-deps"
     .ci/install-deps

@@ -16,6 +16,9 @@
 //! * [`pinning`] — connection pinning (fwmark rules, per-router tables, nft).
 //! * [`policy_routing`] — per-NIC source policy routing.
 //! * [`sysctl`] — `/proc/sys` knobs, global and per interface.
+//! * [`vip`] — the VRRP virtual addresses: added and removed at once, kept
+//!   so, only hagw's own ever removed; [`announce`] — gratuitous ARP and
+//!   unsolicited NA for them.
 
 use std::net::IpAddr;
 
@@ -28,6 +31,9 @@ pub mod pinning;
 pub mod policy_routing;
 pub mod reconcile;
 pub mod sysctl;
+
+pub mod announce;
+pub mod vip;
 
 pub use fib::{DhcpDefault, FibConfig, FibSync, RouteOwner, StaticRoute};
 pub use netlink::ifindex;

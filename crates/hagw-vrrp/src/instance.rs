@@ -15,11 +15,21 @@
 //!
 //! Beyond the RFC:
 //! * a Master that hears an advert it beats (lower priority, or equal
-//!   priority from a lower address) answers at once and emits
-//!   [`Output::Announce`]: the other side learns now that it must step down
-//!   (keepalived #950) and the neighbours' ARP/ND caches, which the other
-//!   side may have taken over, are repaired (a healed split brain,
-//!   keepalived #166, #1528). RFC 9568 would discard the advert;
+//!   priority from a lower address) answers at once: the other side learns
+//!   now that it must step down (keepalived #950). RFC 9568 would discard
+//!   the advert. Such adverts mean a split brain; the Master emits
+//!   [`Output::Announce`] when the first one comes and again when they have
+//!   stopped for a Master_Down_Interval (the split healed): the neighbours'
+//!   ARP/ND caches, which the other side took over, are repaired
+//!   (keepalived #166, #1528). Not on every such advert: while a one-way
+//!   split lasts (our adverts lost, theirs heard) that would have both
+//!   sides fight over the caches at every interval;
+//! * a Master that steps down for a better advert sends one last advert
+//!   with its own priority: when a partition heals and the winner's advert
+//!   crosses first, the loser would otherwise step down without the winner
+//!   ever hearing that there were two Masters, and the caches the loser
+//!   took over would stay wrong. A Backup takes that advert like any other
+//!   (the winner's follows within an interval);
 //! * `startup_delay`: a non-owner stays Backup at least max(startup_delay,
 //!   Master_Down_Interval) after [`Instance::start`], and no Backup becomes
 //!   Master before the delay is over, so a node whose links come up slowly
@@ -298,6 +308,8 @@ pub struct Counters {
     /// Adverts (priority above 0) heard while we are the address owner: a
     /// second owner or Master is misconfigured (RFC 9568 erratum 8298: log).
     pub owner_conflict: u64,
+    /// Split brains seen to end (adverts we beat stopped coming).
+    pub split_brain_healed: u64,
     pub other_vrid: u64,
     /// Dropped while in Initialize.
     pub drop_not_running: u64,
@@ -350,6 +362,9 @@ enum State {
     Backup(Backup),
     Master {
         advert_at: Instant,
+        /// A split brain: adverts we beat are heard; it has healed when
+        /// none came by this instant.
+        split_until: Option<Instant>,
     },
     /// Like Backup without the timer: it never takes over by itself.
     Fenced {
@@ -499,7 +514,10 @@ impl Instance {
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Backup(b) => Some(self.takeover_at(b)),
-            State::Master { advert_at } => Some(*advert_at),
+            State::Master {
+                advert_at,
+                split_until,
+            } => Some(split_until.map_or(*advert_at, |s| s.min(*advert_at))),
             State::Initialize | State::Fenced { .. } => None,
         }
     }
@@ -679,23 +697,50 @@ impl Instance {
                     out.push(Output::RemoveVirtualAddresses(
                         self.cfg.virtual_addresses.clone(),
                     ));
+                    // Tell the winner there were two of us.
+                    self.send_advert(self.priority, out);
                 } else {
-                    // We win: say so now, and repair ARP / ND caches.
+                    // We win: say so now. A split brain starts (or goes
+                    // on): repair ARP / ND caches when it starts.
                     self.advertise(now, out);
-                    out.push(Output::Announce(self.cfg.virtual_addresses.clone()));
+                    let mai = from_cs(adv.max_advert_interval_cs);
+                    let until = after(now, master_down_interval(self.priority, mai));
+                    if let State::Master { split_until, .. } = &mut self.state {
+                        if split_until.replace(until).is_none() {
+                            out.push(Output::Announce(self.cfg.virtual_addresses.clone()));
+                        }
+                    }
                 }
             }
             State::Initialize | State::Fenced { .. } => {}
         }
     }
 
-    /// Timers: Master_Down_Timer in Backup, Adver_Timer in Master.
+    /// Timers: Master_Down_Timer in Backup; Adver_Timer and the end of a
+    /// split brain in Master.
     pub fn on_timer(&mut self, now: Instant, out: &mut Vec<Output>) {
-        match &self.state {
-            State::Backup(b) if self.takeover_at(b) <= now => {
-                self.become_master(Reason::MasterDown, now, out);
+        match &mut self.state {
+            State::Backup(b) => {
+                let b = *b;
+                if self.takeover_at(&b) <= now {
+                    self.become_master(Reason::MasterDown, now, out);
+                }
             }
-            State::Master { advert_at } if *advert_at <= now => self.advertise(now, out),
+            State::Master {
+                advert_at,
+                split_until,
+            } => {
+                if split_until.is_some_and(|t| t <= now) {
+                    // The other side went quiet: it stepped down (or died),
+                    // and caches may still point at it.
+                    *split_until = None;
+                    self.counters.split_brain_healed += 1;
+                    out.push(Output::Announce(self.cfg.virtual_addresses.clone()));
+                }
+                if *advert_at <= now {
+                    self.advertise(now, out);
+                }
+            }
             _ => {}
         }
     }
@@ -781,6 +826,7 @@ impl Instance {
     fn become_master(&mut self, reason: Reason, now: Instant, out: &mut Vec<Output>) {
         let m = State::Master {
             advert_at: after(now, self.cfg.advert_interval),
+            split_until: None,
         };
         self.set_state(m, reason, now, out);
         self.counters.became_master += 1;
@@ -794,7 +840,7 @@ impl Instance {
     /// Sends an advert now and restarts Adver_Timer.
     fn advertise(&mut self, now: Instant, out: &mut Vec<Output>) {
         self.send_advert(self.priority, out);
-        if let State::Master { advert_at } = &mut self.state {
+        if let State::Master { advert_at, .. } = &mut self.state {
             *advert_at = after(now, self.cfg.advert_interval);
         }
     }

@@ -21,6 +21,9 @@ pub const DEFAULT_SOCKET: &str = "/run/hagw/hagw.sock";
 pub const DEFAULT_HOLD_TIME: u16 = 90;
 pub const DEFAULT_PEER_LIMIT: usize = 20_000;
 
+mod vrrp;
+pub use vrrp::{Vrrp, VrrpHooks};
+
 /// One problem in a config file, with the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -69,6 +72,8 @@ pub struct Config {
     pub health: Vec<Health>,
     pub policy_routing: Option<PolicyRouting>,
     pub control: Control,
+    /// VRRPv3 virtual routers (`[[vrrp]]`): the floating VIPs.
+    pub vrrp: Vec<Vrrp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +110,19 @@ pub struct Health {
     /// Consecutive failures that make the uplink down, successes that make it up.
     pub fall: u32,
     pub rise: u32,
+    /// `vrrp = "NAME"`: this probe tracks that VRRP instance instead of
+    /// gating the BGP adverts.
+    pub vrrp: Option<VrrpTrack>,
+}
+
+/// What a failing probe does to the VRRP instance it tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpTrack {
+    /// The `[[vrrp]]` name.
+    pub instance: String,
+    /// Lower its priority by this much while the probe is down; `None`:
+    /// take the instance out (fault: it gives up the VIP and stays out).
+    pub priority_decrement: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +241,8 @@ struct RawConfig {
     health: Vec<RawHealth>,
     policy_routing: Option<RawPolicyRouting>,
     control: Option<RawControl>,
+    #[serde(default)]
+    vrrp: Vec<vrrp::RawVrrp>,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +260,8 @@ struct RawHealth {
     interval_ms: Option<i64>,
     fall: Option<i64>,
     rise: Option<i64>,
+    vrrp: Option<String>,
+    priority_decrement: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -403,7 +425,7 @@ impl Validator {
         let bgp = raw.bgp.map(|b| self.bgp(b));
         let kernel = raw.kernel.map(|k| self.kernel(k));
         let bfd = raw.bfd.map_or_else(Bfd::default, |b| self.bfd(b));
-        let health = raw
+        let health: Vec<Health> = raw
             .health
             .into_iter()
             .enumerate()
@@ -439,10 +461,12 @@ impl Validator {
                 );
             }
         }
-        if bgp.is_none() && kernel.is_none() && policy_routing.is_none() {
+        let any_vrrp = !raw.vrrp.is_empty();
+        let vrrp = self.vrrps(raw.vrrp, &health, bgp.is_some());
+        if bgp.is_none() && kernel.is_none() && policy_routing.is_none() && !any_vrrp {
             self.problem(
                 "(top)",
-                "nothing to do: the config has no [bgp], [kernel] or [policy_routing]",
+                "nothing to do: the config has no [bgp], [kernel], [policy_routing] or [[vrrp]]",
             );
         }
         Config {
@@ -452,6 +476,7 @@ impl Validator {
             health,
             policy_routing,
             control,
+            vrrp,
         }
     }
 
@@ -515,12 +540,14 @@ impl Validator {
         let rise = h
             .rise
             .map_or(Some(5), |v| self.int(&format!("{key}.rise"), v, 1, 1000));
+        let vrrp = self.vrrp_track(key, h.vrrp, h.priority_decrement);
         Some(Health {
             probe: probe?,
             target: target?,
             interval_ms: interval_ms?,
             fall: fall?,
             rise: rise?,
+            vrrp,
         })
     }
 

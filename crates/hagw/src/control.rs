@@ -30,6 +30,9 @@ pub struct Status {
     /// Multi-NIC source policy routing (`[policy_routing]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_routing: Option<crate::policy_routing::PolicyStatus>,
+    /// VRRP instances (`[[vrrp]]`): state, Master, counters, VIPs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vrrp: Vec<crate::daemon::vrrp::VrrpStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod policy_routing;
+pub mod vrrp;
 
 use std::fmt::Write;
 
@@ -114,6 +115,9 @@ pub fn status_text(st: &control::Status) -> String {
     }
     if let Some(p) = &st.policy_routing {
         s.push_str(&policy_routing::status_text(p));
+    }
+    if !st.vrrp.is_empty() {
+        s.push_str(&vrrp::status_text(&st.vrrp));
     }
     s
 }

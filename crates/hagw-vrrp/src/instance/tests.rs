@@ -357,25 +357,24 @@ fn master_follows_the_rules_of_6_4_3() {
     assert_eq!(i.next_deadline(), Some(now + SEC));
 
     // Lower priority, and equal priority from a lower address: we win;
-    // answer at once and announce (keepalived #950, #166).
-    for (p, last) in [(100, 9), (200, 4)] {
+    // answer at once (keepalived #950); the first starts a split brain and
+    // announces (keepalived #166), the second does not again.
+    for (p, last, announce) in [(100, 9, true), (200, 4, false)] {
         let out = feed(&mut i, last, &advert(p, last, 100), now + MS);
         assert_eq!(i.state(), StateKind::Master);
-        assert_eq!(
-            out,
-            vec![
-                Output::Transmit {
-                    dst: group(),
-                    payload: advert(200, 5, 100)
-                },
-                Output::Announce(vec![vip()]),
-            ],
-            "{p} from .{last}"
-        );
+        let mut want = vec![Output::Transmit {
+            dst: group(),
+            payload: advert(200, 5, 100),
+        }];
+        if announce {
+            want.push(Output::Announce(vec![vip()]));
+        }
+        assert_eq!(out, want, "{p} from .{last}");
         assert_eq!(i.next_deadline(), Some(now + MS + SEC));
     }
 
-    // Equal priority from a greater address: step down, adopt its interval.
+    // Equal priority from a greater address: step down, adopt its
+    // interval, and say one last time that we were Master.
     let out = feed(&mut i, 6, &advert(200, 6, 300), now + 2 * MS);
     assert_eq!(i.state(), StateKind::Backup);
     assert_eq!(
@@ -387,6 +386,10 @@ fn master_follows_the_rules_of_6_4_3() {
                 reason: Reason::Preempted
             },
             Output::RemoveVirtualAddresses(vec![vip()]),
+            Output::Transmit {
+                dst: group(),
+                payload: advert(200, 5, 100)
+            },
         ]
     );
     assert_eq!(i.master(), Some(ip(6)));
@@ -918,10 +921,90 @@ fn a_silenced_master_is_replaced_after_exactly_master_down_interval() {
     assert!(net
         .outputs
         .contains(&(healed, 0, Output::Announce(vec![vip()]))));
+    // And once more when b's adverts have stopped for a's
+    // Master_Down_Interval (200, 1 s): the split is over.
+    let over = healed + master_down_interval(200, SEC);
+    assert!(net
+        .outputs
+        .contains(&(over, 0, Output::Announce(vec![vip()]))));
     assert_eq!(
         net.count(0, |o| matches!(o, Output::Announce(_))),
-        announced + 1
+        announced + 2
     );
+    assert_eq!(net.nodes[0].counters().split_brain_healed, 1);
+}
+
+/// A partition heals just before the winner's next advert: it crosses
+/// first, and the loser steps down at once. Its last advert tells the
+/// winner there were two Masters, so the winner still repairs the caches
+/// (keepalived #166), at once and when the split is over.
+#[test]
+fn a_healed_partition_is_announced_whichever_advert_crosses_first() {
+    let mut net = Net::new(cfg(200, 1), cfg(100, 2));
+    net.start(0);
+    net.start(1);
+    net.run_until(ns(10_500_000_000));
+    net.link_up = false;
+    net.run_until(Duration::from_secs(21));
+    assert_eq!(net.states(), (MASTER, MASTER));
+    // a's adverts at 3.21875 + k s: the next is 21.21875 s; b's at
+    // 13.828125 + k s: the next is 21.828125 s.
+    net.run_until(ns(21_200_000_000));
+    net.link_up = true;
+    let announced = net.count(0, |o| matches!(o, Output::Announce(_)));
+    net.run_until(Duration::from_secs(26));
+    assert_eq!(net.states(), (MASTER, BACKUP));
+    let crossed = ns(21_218_750_000);
+    assert!(
+        net.log
+            .contains(&(crossed, 1, MASTER, BACKUP, Reason::Preempted)),
+        "{:?}",
+        net.log
+    );
+    assert!(net
+        .outputs
+        .contains(&(crossed, 0, Output::Announce(vec![vip()]))));
+    assert_eq!(
+        net.count(0, |o| matches!(o, Output::Announce(_))),
+        announced + 2
+    );
+}
+
+/// Our adverts are lost but the other Master's reach us (a one-way
+/// split): announcing at each of its adverts would have both sides fight
+/// over the neighbours' caches every interval. Once when it starts, once
+/// when it ends.
+#[test]
+fn a_one_way_split_brain_announces_at_its_start_and_end_only() {
+    let t0 = Instant::now();
+    let (mut i, at) = master(cfg(200, 5), t0);
+    let mut announces = Vec::new();
+    let mut t = at;
+    for k in 0..10u32 {
+        t = at + k * SEC + 10 * MS;
+        let mut out = feed(&mut i, 2, &advert(100, 2, 100), t);
+        // Our own timer keeps running in between.
+        i.on_timer(t + 500 * MS, &mut out);
+        announces.extend(
+            out.iter()
+                .filter(|o| matches!(o, Output::Announce(_)))
+                .map(|_| t),
+        );
+        assert_eq!(i.state(), StateKind::Master);
+    }
+    assert_eq!(announces, vec![at + 10 * MS]);
+    // The other side is quiet from t on: the split has healed.
+    let healed = t + master_down_interval(200, SEC);
+    let mut out = Vec::new();
+    i.on_timer(healed - MS, &mut out);
+    assert!(!out.iter().any(|o| matches!(o, Output::Announce(_))));
+    assert!(i.next_deadline() <= Some(healed));
+    i.on_timer(healed, &mut out);
+    assert!(out.contains(&Output::Announce(vec![vip()])));
+    assert_eq!(i.counters().split_brain_healed, 1);
+    // A later split is a new one: announced again.
+    let out = feed(&mut i, 2, &advert(100, 2, 100), healed + SEC);
+    assert!(out.contains(&Output::Announce(vec![vip()])));
 }
 
 #[test]

@@ -5,6 +5,9 @@
 //! The first probe result decides the starting state, so a router that boots
 //! with a dead uplink never attracts traffic, and one with a good uplink does
 //! not wait for `rise` successes.
+//!
+//! A probe with `vrrp = "NAME"` tracks that VRRP instance instead (its
+//! priority, or whether it runs): it is left out of the BGP gate.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -74,8 +77,18 @@ impl Hysteresis {
     }
 }
 
-/// Starts every probe; the returned gate is open while all of them are up.
-pub fn start(probes: &[Health]) -> (watch::Receiver<bool>, Arc<Mutex<Vec<ProbeStatus>>>) {
+/// What [`start`] returns.
+pub struct Probes {
+    /// Open while every probe that tracks no VRRP instance is up; `None`
+    /// when every probe tracks one.
+    pub gate: Option<watch::Receiver<bool>>,
+    pub status: Arc<Mutex<Vec<ProbeStatus>>>,
+    /// Each probe's state, in config order (`None` before its first result).
+    pub results: Vec<watch::Receiver<Option<bool>>>,
+}
+
+/// Starts every probe.
+pub fn start(probes: &[Health]) -> Probes {
     let status = Arc::new(Mutex::new(
         probes
             .iter()
@@ -94,9 +107,14 @@ pub fn start(probes: &[Health]) -> (watch::Receiver<bool>, Arc<Mutex<Vec<ProbeSt
     ));
     let (tx, rx) = watch::channel(false);
     let tx = Arc::new(tx);
+    let gating: Vec<bool> = probes.iter().map(|h| h.vrrp.is_none()).collect();
     let states = Arc::new(Mutex::new(vec![None::<bool>; probes.len()]));
+    let mut results = Vec::new();
     for (i, h) in probes.iter().cloned().enumerate() {
         let (tx, states, status) = (tx.clone(), states.clone(), status.clone());
+        let gating = gating.clone();
+        let (result_tx, result_rx) = watch::channel(None);
+        results.push(result_rx);
         tokio::spawn(async move {
             let mut hy = Hysteresis::new(h.fall, h.rise);
             let interval = Duration::from_millis(u64::from(h.interval_ms));
@@ -130,6 +148,20 @@ pub fn start(probes: &[Health]) -> (watch::Receiver<bool>, Arc<Mutex<Vec<ProbeSt
                     }
                 }
                 if before != Some(up) {
+                    result_tx.send_replace(Some(up));
+                }
+                if before != Some(up) && h.vrrp.is_some() {
+                    let name = h.vrrp.as_ref().map_or("", |t| t.instance.as_str());
+                    if up {
+                        tracing::info!(target = %h.target, "tracking probe up: VRRP instance {name} recovers");
+                    } else {
+                        tracing::warn!(
+                            target = %h.target,
+                            "tracking probe down ({}): VRRP instance {name} lowers its priority or steps out",
+                            result.as_ref().err().map_or(String::new(), ToString::to_string)
+                        );
+                    }
+                } else if before != Some(up) {
                     if up {
                         tracing::info!(target = %h.target, "uplink probe up: announcing routes");
                     } else {
@@ -143,13 +175,21 @@ pub fn start(probes: &[Health]) -> (watch::Receiver<bool>, Arc<Mutex<Vec<ProbeSt
                     if let Some(slot) = s.get_mut(i) {
                         *slot = Some(up);
                     }
-                    let all_up = s.iter().all(|x| *x == Some(true));
+                    let all_up = s
+                        .iter()
+                        .zip(&gating)
+                        .filter(|(_, g)| **g)
+                        .all(|(x, _)| *x == Some(true));
                     tx.send_if_modified(|g| std::mem::replace(g, all_up) != all_up);
                 }
             }
         });
     }
-    (rx, status)
+    Probes {
+        gate: gating.iter().any(|g| *g).then_some(rx),
+        status,
+        results,
+    }
 }
 
 async fn tcp_connect(to: SocketAddr, timeout: Duration) -> io::Result<()> {

@@ -8,6 +8,7 @@ pub mod health;
 pub mod listener;
 pub mod peer;
 pub mod routing;
+pub mod vrrp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -66,6 +67,7 @@ pub struct Daemon {
     policy: Option<hagw_kernel::policy_routing::PolicySync>,
     bfd: Option<bfd::Bfd>,
     pinning: Option<hagw_kernel::pinning::Pinning>,
+    vrrp: Option<Arc<vrrp::Vrrp>>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -98,6 +100,7 @@ struct Running {
     fib: Option<FibSync>,
     policy: Option<hagw_kernel::policy_routing::PolicySync>,
     control: control::Guard,
+    vrrp: Option<Arc<vrrp::Vrrp>>,
 }
 
 async fn serve(
@@ -112,13 +115,14 @@ async fn serve(
         .filter(|g| g.enabled);
     let (fib, pinning) = start_kernel_side(&cfg, gr.is_some()).await?;
     let rib_tx = start_rib(&cfg, gr, fib.clone(), pinning.clone());
-    let (gate, health_status) = if cfg.health.is_empty() {
-        (None, Arc::default())
+    let (gate, health_status, probe_results) = if cfg.health.is_empty() {
+        (None, Arc::default(), Vec::new())
     } else {
-        let (g, st) = health::start(&cfg.health);
-        (Some(g), st)
+        let p = health::start(&cfg.health);
+        (p.gate, p.status, p.results)
     };
     let bfd = start_bfd(&cfg)?;
+    let (vrrp, gate) = start_vrrp(&cfg, bfd.clone(), probe_results, gate).await?;
     let registry = Arc::new(Registry::default());
     let (listeners, ranges) = match &cfg.bgp {
         Some(bgp) => start_bgp(bgp, gr, gate, bfd.clone(), registry.clone(), rib_tx.clone())?,
@@ -133,6 +137,7 @@ async fn serve(
         policy: policy.clone(),
         bfd: bfd.clone(),
         pinning: pinning.clone(),
+        vrrp: vrrp.clone(),
     });
     let control = control::serve(&cfg.control.socket, daemon)
         .await
@@ -151,6 +156,7 @@ async fn serve(
         fib,
         policy,
         control,
+        vrrp,
     };
     wait_for_stop(config_path).await?;
     running.shutdown().await;
@@ -201,7 +207,8 @@ fn start_bfd(cfg: &Config) -> anyhow::Result<Option<bfd::Bfd>> {
     let wants_bfd = cfg
         .bgp
         .as_ref()
-        .is_some_and(|b| b.neighbors.iter().any(|n| n.bfd) || b.dynamic.iter().any(|d| d.bfd));
+        .is_some_and(|b| b.neighbors.iter().any(|n| n.bfd) || b.dynamic.iter().any(|d| d.bfd))
+        || cfg.vrrp.iter().any(|v| v.bfd);
     if !wants_bfd {
         return Ok(None);
     }
@@ -338,6 +345,11 @@ impl Running {
     /// then the kernel side, then the control socket.
     async fn shutdown(self) {
         tracing::info!("shutting down");
+        // VRRP first: a Master's priority-0 advert hands the VIP over after
+        // Skew_Time (VRRP has no graceful restart: the peer serves meanwhile).
+        if let Some(v) = &self.vrrp {
+            v.shutdown().await;
+        }
         for l in self.listeners {
             l.abort();
         }
@@ -367,6 +379,38 @@ impl Running {
         }
         self.control.remove();
     }
+}
+
+/// The `[[vrrp]]` instances, with the probes that track them; returns them
+/// and the BGP gate: the probes' gate and every `gate_bgp` instance's
+/// Master state, all of which must be open.
+async fn start_vrrp(
+    cfg: &Config,
+    bfd: Option<bfd::Bfd>,
+    probe_results: Vec<tokio::sync::watch::Receiver<Option<bool>>>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow::Result<(
+    Option<Arc<vrrp::Vrrp>>,
+    Option<tokio::sync::watch::Receiver<bool>>,
+)> {
+    if cfg.vrrp.is_empty() {
+        return Ok((None, gate));
+    }
+    let trackers = cfg
+        .health
+        .iter()
+        .zip(probe_results)
+        .filter_map(|(h, up)| {
+            h.vrrp.as_ref().map(|t| vrrp::Tracker {
+                instance: t.instance.clone(),
+                decrement: t.priority_decrement,
+                up,
+            })
+        })
+        .collect();
+    let v = vrrp::Vrrp::start(&cfg.vrrp, bfd, trackers).await?;
+    let gates: Vec<_> = gate.into_iter().chain(v.bgp_gate(&cfg.vrrp)).collect();
+    Ok((Some(Arc::new(v)), vrrp::all_open(gates)))
 }
 
 /// Connection pinning (`[kernel] pin_connections`). It needs `nft`; if it
@@ -532,6 +576,10 @@ impl Daemon {
                 .collect(),
             None => Vec::new(),
         };
+        let vrrp = match &self.vrrp {
+            Some(v) => v.status().await,
+            None => Vec::new(),
+        };
         Status {
             peers,
             routes,
@@ -540,6 +588,7 @@ impl Daemon {
             bfd,
             bfd_thread: self.bfd.as_ref().map(|b| b.scheduling()),
             policy_routing,
+            vrrp,
         }
     }
 }

@@ -22,7 +22,7 @@ pub const DEFAULT_HOLD_TIME: u16 = 90;
 pub const DEFAULT_PEER_LIMIT: usize = 20_000;
 
 mod vrrp;
-pub use vrrp::{Vrrp, VrrpHooks};
+pub use vrrp::{CloudMode, Vrrp, VrrpCloud, VrrpHooks};
 
 /// One problem in a config file, with the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

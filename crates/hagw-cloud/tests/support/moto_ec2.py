@@ -46,6 +46,9 @@ THE PATCH (what differs from stock moto, and why):
     ipv6s, mac, owner-id, subnet-id, subnet-ipv4-cidr-block, vpc-id,
     vpc-ipv4-cidr-block, vpc-ipv4-cidr-blocks}}. With "iam", the role
     credentials are real moto STS credentials of a role allowed ec2:*.
+ 5. The `addresses.private-ip-address` filter of DescribeNetworkInterfaces
+    matches secondary private IPs too, as on AWS (stock moto matches only the
+    primary one, so "which ENI holds the VIP" found nobody).
 Moto's request authentication stays stock: POST /moto-api/reset-auth with
 body "0" turns on SigV4 checking against moto's IAM (the setup is done by then).
 """
@@ -96,6 +99,26 @@ def _assign_private_ip_addresses(self):
 
 
 ElasticNetworkInterfaces.assign_private_ip_addresses = _assign_private_ip_addresses
+
+# --- patch 5: the addresses filter sees secondary addresses ------------------
+
+from moto.ec2.models.elastic_network_interfaces import NetworkInterface  # noqa: E402
+
+_stock_filter = NetworkInterface.get_filter_value
+
+
+def _get_filter_value(self, filter_name, method_name=None):
+    if filter_name == "addresses.private-ip-address":
+        ips = [self.private_ip_address]
+        for item in self.private_ip_addresses or []:
+            ip = item.get("PrivateIpAddress") if isinstance(item, dict) else item
+            if ip and ip not in ips:
+                ips.append(ip)
+        return ips
+    return _stock_filter(self, filter_name, method_name)
+
+
+NetworkInterface.get_filter_value = _get_filter_value
 
 # --- patches 2 and 3: EC2 error shape, request ids, fault injection ----------
 

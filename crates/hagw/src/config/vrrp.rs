@@ -56,6 +56,32 @@ pub struct Vrrp {
     pub garp_repeat: u32,
     pub garp_interval_ms: u32,
     pub hooks: VrrpHooks,
+    /// `[vrrp.cloud]`: the cloud claim of the first IPv4 virtual address.
+    pub cloud: Option<VrrpCloud>,
+}
+
+/// `[vrrp.cloud]`: where the VIP lives in the cloud (AWS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpCloud {
+    pub mode: CloudMode,
+    pub region: String,
+    pub endpoint: Option<String>,
+    /// Default: from IMDSv2 by the interface's MAC.
+    pub network_interface: Option<String>,
+    pub imds_endpoint: String,
+    /// How often a master re-checks the owner (at most 5 s).
+    pub recheck_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudMode {
+    /// AssignPrivateIpAddresses with AllowReassignment (the seed's).
+    SecondaryIp,
+    /// ReplaceRoute of these tables' `destination` to our ENI.
+    Route {
+        tables: Vec<String>,
+        destination: IpNet,
+    },
 }
 
 /// Programs run on transitions (like keepalived's notify scripts).
@@ -129,6 +155,20 @@ pub(super) struct RawVrrp {
     on_master: Option<String>,
     on_backup: Option<String>,
     on_fault: Option<String>,
+    cloud: Option<RawVrrpCloud>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawVrrpCloud {
+    provider: Option<String>,
+    mode: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    network_interface: Option<String>,
+    route_tables: Option<Vec<String>>,
+    destination: Option<String>,
+    imds_endpoint: Option<String>,
+    recheck_ms: Option<i64>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -405,6 +445,7 @@ impl Validator {
                 format!("peer {p} is link-local: BFD to link-local peers is not supported yet"),
             );
         }
+        let cloud = self.vrrp_cloud(key, r.cloud, &virtual_addresses);
         Some(Vrrp {
             name: name?,
             interface: interface?,
@@ -423,7 +464,135 @@ impl Validator {
             garp_repeat: garp_repeat?,
             garp_interval_ms: garp_interval_ms?,
             hooks,
+            cloud: cloud?,
         })
+    }
+
+    /// `[vrrp.cloud]` of `key`; `Some(None)` when absent, `None` when wrong.
+    fn vrrp_cloud(
+        &mut self,
+        key: &str,
+        raw: Option<RawVrrpCloud>,
+        vips: &[IpNet],
+    ) -> Option<Option<VrrpCloud>> {
+        let Some(c) = raw else { return Some(None) };
+        let k = |f: &str| format!("{key}.cloud.{f}");
+        let mut ok = true;
+        match c.provider.as_deref() {
+            Some("aws") => {}
+            Some(o) => {
+                self.problem(&k("provider"), format!("\"{o}\" is not \"aws\""));
+                ok = false;
+            }
+            None => {
+                self.problem(&k("provider"), "missing (\"aws\")");
+                ok = false;
+            }
+        }
+        let region = match c.region {
+            Some(r)
+                if !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                Some(r)
+            }
+            Some(r) => {
+                self.problem(&k("region"), format!("\"{r}\" is not a region name"));
+                None
+            }
+            None => {
+                self.problem(&k("region"), "missing (e.g. \"eu-central-1\")");
+                None
+            }
+        };
+        for (f, v) in [
+            ("endpoint", &c.endpoint),
+            ("imds_endpoint", &c.imds_endpoint),
+        ] {
+            if let Some(u) = v {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    self.problem(&k(f), format!("\"{u}\" is not an http:// or https:// URL"));
+                    ok = false;
+                }
+            }
+        }
+        if let Some(e) = &c.network_interface {
+            if !e.starts_with("eni-") {
+                self.problem(
+                    &k("network_interface"),
+                    format!("\"{e}\" is not an ENI id (eni-...)"),
+                );
+                ok = false;
+            }
+        }
+        let mode = match c.mode.as_deref() {
+            None | Some("secondary-ip") => {
+                if !vips.iter().any(|n| n.addr().is_ipv4()) {
+                    self.problem(
+                        &k("mode"),
+                        "secondary-ip needs an IPv4 virtual address (AWS cannot reassign IPv6 ones)",
+                    );
+                    ok = false;
+                }
+                if c.route_tables.is_some() || c.destination.is_some() {
+                    self.problem(&k("route_tables"), "only with mode = \"route\"");
+                    ok = false;
+                }
+                Some(CloudMode::SecondaryIp)
+            }
+            Some("route") => {
+                let tables = c.route_tables.unwrap_or_default();
+                if tables.is_empty() {
+                    self.problem(
+                        &k("route_tables"),
+                        "missing (route mode moves these tables' route)",
+                    );
+                    ok = false;
+                }
+                for (i, t) in tables.iter().enumerate() {
+                    if !t.starts_with("rtb-") {
+                        self.problem(
+                            &format!("{}[{i}]", k("route_tables")),
+                            format!("\"{t}\" is not a route table id (rtb-...)"),
+                        );
+                        ok = false;
+                    }
+                }
+                let destination = match c.destination.as_deref() {
+                    Some(d) => self.prefix(&k("destination"), d),
+                    None => {
+                        self.problem(&k("destination"), "missing (e.g. \"0.0.0.0/0\")");
+                        None
+                    }
+                };
+                destination.map(|destination| CloudMode::Route {
+                    tables,
+                    destination,
+                })
+            }
+            Some(o) => {
+                self.problem(
+                    &k("mode"),
+                    format!("\"{o}\" is not \"secondary-ip\" or \"route\""),
+                );
+                None
+            }
+        };
+        let recheck_ms = c
+            .recheck_ms
+            .map_or(Some(2000), |v| self.int(&k("recheck_ms"), v, 100, 5000))?;
+        if !ok {
+            return None;
+        }
+        Some(Some(VrrpCloud {
+            mode: mode?,
+            region: region?,
+            endpoint: c.endpoint,
+            network_interface: c.network_interface,
+            imds_endpoint: c
+                .imds_endpoint
+                .unwrap_or_else(|| "http://169.254.169.254".to_string()),
+            recheck_ms,
+        }))
     }
 
     /// `ADDR` (a /32 or /128) or `ADDR/LEN`; one family; for IPv6 the first

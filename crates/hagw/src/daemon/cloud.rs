@@ -63,8 +63,8 @@ pub enum Verdict {
     Unfence,
 }
 
-/// For `hagw status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// What the claim knows, copied into the instance's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CloudStatus {
     pub mode: String,
     pub eni: Option<String>,
@@ -142,6 +142,8 @@ impl CloudClaim {
 enum Done {
     Claim(Result<Option<String>, String>),
     Check(Result<Owner, String>),
+    /// This node's ENI, once found in IMDS.
+    Eni(String),
 }
 
 struct Task {
@@ -207,6 +209,13 @@ impl Task {
                         }
                         self.arbiter.claim_result(r.map(|_| ()), now);
                     }
+                    Some(Done::Eni(e)) => {
+                        if self.eni.is_none() {
+                            tracing::info!(instance = %self.spec.instance, eni = %e, "this node's ENI (from IMDS)");
+                            self.set_status(|s| s.eni = Some(e.clone()));
+                            self.eni = Some(e);
+                        }
+                    }
                     Some(Done::Check(r)) => {
                         if let Ok(owner) = &r {
                             let shown = match owner {
@@ -251,6 +260,11 @@ impl Task {
                     done.clone(),
                 );
                 tokio::spawn(async move {
+                    if eni.is_none() {
+                        if let Ok(e) = my_eni(&imds, &spec, None).await {
+                            let _ = done.send(Done::Eni(e));
+                        }
+                    }
                     let r = claim(&client, &imds, &spec, eni).await;
                     let _ = done.send(Done::Claim(r));
                 });
@@ -385,4 +399,92 @@ async fn check(
             })
         }
     }
+}
+
+impl CloudSpec {
+    /// The spec of instance `v`'s `[vrrp.cloud]`, with the interface's MAC
+    /// read from sysfs.
+    pub fn of(v: &crate::config::Vrrp, c: &crate::config::VrrpCloud) -> anyhow::Result<CloudSpec> {
+        let mac_path = format!("/sys/class/net/{}/address", v.interface);
+        let mac = std::fs::read_to_string(&mac_path)
+            .map(|m| m.trim().to_string())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "vrrp {}: cloud claim needs the MAC of {} ({mac_path}: {e})",
+                    v.name,
+                    v.interface
+                )
+            })?;
+        Ok(CloudSpec {
+            instance: v.name.clone(),
+            mode: match &c.mode {
+                crate::config::CloudMode::SecondaryIp => Mode::SecondaryIp,
+                crate::config::CloudMode::Route {
+                    tables,
+                    destination,
+                } => Mode::Route {
+                    tables: tables.clone(),
+                    destination: *destination,
+                },
+            },
+            region: c.region.clone(),
+            endpoint: c.endpoint.clone(),
+            network_interface: c.network_interface.clone(),
+            imds_endpoint: c.imds_endpoint.clone(),
+            mac,
+            vip: v.virtual_addresses.iter().find_map(|n| match n.addr() {
+                std::net::IpAddr::V4(a) => Some(a),
+                _ => None,
+            }),
+            recheck: Duration::from_millis(u64::from(c.recheck_ms)),
+        })
+    }
+}
+
+/// Joins a VRRP instance and its cloud claim: transitions go to the claim,
+/// fencing verdicts to the instance, the claim's state into the instance's
+/// status. Returns at once; the work runs in a task.
+pub fn attach(spec: CloudSpec, h: super::vrrp::InstanceHandle) -> anyhow::Result<()> {
+    use super::vrrp::VrrpState;
+    let (vtx, mut vrx) = mpsc::unbounded_channel();
+    let claim = CloudClaim::start(spec, vtx)?;
+    let mut transitions = h.transitions();
+    tokio::spawn(async move {
+        let mut last = VrrpState::Initialize;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                changed = transitions.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let state = transitions.borrow_and_update().state;
+                    match (last, state) {
+                        (a, VrrpState::Master) if a != VrrpState::Master => claim.edge(Edge::BecameMaster),
+                        (VrrpState::Master, b) if b != VrrpState::Master => claim.edge(Edge::LeftMaster),
+                        (VrrpState::Fenced, b) if b != VrrpState::Fenced && b != VrrpState::Master => claim.edge(Edge::Unfenced),
+                        _ => {}
+                    }
+                    last = state;
+                }
+                v = vrx.recv() => match v {
+                    None => return,
+                    Some(Verdict::Fence { .. }) => h.fence(),
+                    Some(Verdict::Unfence) => h.unfence(),
+                },
+                _ = tick.tick() => {
+                    let c = claim.status();
+                    h.set_cloud_status(Some(super::vrrp::CloudStatus {
+                        owner: c.owner.clone(),
+                        confirmed_secs_ago: c.owner_checked_at.map(|t| epoch_secs().saturating_sub(t) as f64),
+                        last_claim: c.eni.as_ref().map(|e| format!("{} ({} claims, phase {})", e, c.claims, c.phase))
+                            .or(Some(format!("{} claims, phase {}", c.claims, c.phase))),
+                        last_claim_ms: c.last_claim_ms.map(|m| m as f64),
+                        last_error: c.last_error.clone(),
+                    }));
+                }
+            }
+        }
+    });
+    Ok(())
 }

@@ -409,6 +409,16 @@ async fn start_vrrp(
         })
         .collect();
     let v = vrrp::Vrrp::start(&cfg.vrrp, bfd, trackers).await?;
+    // The cloud claims: transitions in, fencing out; the state machines
+    // never wait on them.
+    for i in &cfg.vrrp {
+        let (Some(c), Some(h)) = (&i.cloud, v.get(&i.name)) else {
+            continue;
+        };
+        let spec = cloud::CloudSpec::of(i, c)?;
+        cloud::attach(spec, h.clone())
+            .with_context(|| format!("vrrp {}: cannot start the cloud claim", i.name))?;
+    }
     let gates: Vec<_> = gate.into_iter().chain(v.bgp_gate(&cfg.vrrp)).collect();
     Ok((Some(Arc::new(v)), vrrp::all_open(gates)))
 }

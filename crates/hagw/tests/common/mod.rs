@@ -23,11 +23,16 @@ impl Hagw {
     /// Starts `hagw run` with `config` (its [control] socket is added here) and
     /// waits until the control socket answers.
     pub fn start(ns: &Netns, config: &str) -> Hagw {
+        Hagw::start_env(ns, config, &[])
+    }
+
+    /// [`Hagw::start`] with extra environment variables (cloud credentials).
+    pub fn start_env(ns: &Netns, config: &str, env: &[(&str, &str)]) -> Hagw {
         let socket = format!("{}/hagw.sock", ns.dir().display());
         let path = format!("{}/hagw.toml", ns.dir().display());
         let text = format!("{config}\n[control]\nsocket = \"{socket}\"\n");
         std::fs::write(&path, text).expect("write config");
-        let proc = ns.spawn_env(HAGW, &["run", "--config", &path, "--log", "debug"], &[]);
+        let proc = ns.spawn_env(HAGW, &["run", "--config", &path, "--log", "debug"], env);
         let h = Hagw {
             proc,
             socket,

@@ -67,6 +67,9 @@ pub struct GatewaySpec {
     pub node_address: Option<IpNet>,
     /// Ports towards the other nodes: ARP/ND for `address` never crosses them.
     pub hide_on: Vec<String>,
+    /// [`Gateway::shutdown`] leaves this gateway's addresses and filters in
+    /// place (a restarting node keeps serving its guests).
+    pub keep_on_stop: bool,
 }
 
 /// The filter table of uplink `dev`.
@@ -251,7 +254,8 @@ impl Gateway {
         out
     }
 
-    /// Stops; with `remove`, deletes the addresses and filter tables first.
+    /// Stops; with `remove`, deletes the addresses and filter tables of the
+    /// gateways not marked `keep_on_stop` first.
     pub async fn shutdown(&self, remove: bool) {
         self.h.shutdown(remove).await;
     }
@@ -592,8 +596,19 @@ impl State {
         }
     }
 
+    /// Removes the gateways not kept on stop, and the filters no kept
+    /// gateway needs.
     async fn remove_all(&mut self) {
-        let devs: Vec<String> = self.uplinks().into_keys().collect();
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.desired)
+            .into_iter()
+            .partition(|g| g.keep_on_stop);
+        self.desired = kept;
+        let needed = self.uplinks();
+        let devs: Vec<String> = gone
+            .iter()
+            .flat_map(|g| g.hide_on.iter().cloned())
+            .filter(|d| !needed.contains_key(d))
+            .collect();
         for dev in devs {
             self.remove_filter(&dev).await;
         }
@@ -604,7 +619,7 @@ impl State {
                 return;
             }
         };
-        for g in std::mem::take(&mut self.desired) {
+        for g in gone {
             let Some(l) = links.iter().find(|l| l.name == g.bridge) else {
                 continue;
             };
@@ -722,6 +737,7 @@ mod tests {
             address: "10.5.5.254/24".parse().expect("net"),
             node_address: Some("10.5.5.251/24".parse().expect("net")),
             hide_on: vec![],
+            keep_on_stop: false,
         };
         assert_eq!(
             wanted(&g),

@@ -260,10 +260,13 @@ impl Nft {
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .map_err(|e| self.spawn_err(format!("writing the script: {e}")))?;
+            // nft may refuse before reading it all: its exit status and
+            // message below say why, not the broken pipe.
+            if let Err(e) = stdin.write_all(script.as_bytes()).await {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(self.spawn_err(format!("writing the script: {e}")));
+                }
+            }
         }
         let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
             .await
@@ -285,9 +288,11 @@ impl Nft {
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| self.spawn_err(format!("writing the script: {e}")))?;
+            if let Err(e) = stdin.write_all(script.as_bytes()) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(self.spawn_err(format!("writing the script: {e}")));
+                }
+            }
         }
         let out = child.wait_with_output().map_err(|e| self.spawn_err(e))?;
         Self::result(out.status, &out.stderr)

@@ -230,6 +230,7 @@ fn gateway_addresses_and_filters_follow_the_links() {
         address: "10.5.5.254/24".parse().unwrap(),
         node_address: Some("10.5.5.251/24".parse().unwrap()),
         hide_on: vec!["up0".into(), "up1".into()],
+        keep_on_stop: false,
     };
     ns.block_on(|| async {
         let gw = Gateway::start("nft", vec![g.clone()]).await.expect("start");

@@ -17,6 +17,11 @@ use serde::Deserialize;
 use hagw_kernel::{fib, netlink::RT_TABLE_MAIN, pinning, policy_routing};
 pub use hagw_kernel::{DhcpDefault, StaticRoute};
 
+mod convergent;
+pub use convergent::{
+    node_names, ForwardHealth, Gateway, Nat, NatForward, NatSource, PerNode, Target,
+};
+
 pub const DEFAULT_SOCKET: &str = "/run/hagw/hagw.sock";
 pub const DEFAULT_HOLD_TIME: u16 = 90;
 pub const DEFAULT_PEER_LIMIT: usize = 20_000;
@@ -69,6 +74,14 @@ pub struct Config {
     pub health: Vec<Health>,
     pub policy_routing: Option<PolicyRouting>,
     pub control: Control,
+    /// Anycast gateways on guest bridges (`[[gateway]]`).
+    pub gateways: Vec<Gateway>,
+    /// Source NAT and port forwards (`[nat]`).
+    pub nat: Option<Nat>,
+    /// The node this machine is, for per-node values: set by
+    /// `crate::convergent::check_live` (`--node`, the hostname, or which
+    /// node's addresses are here).
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +236,9 @@ struct RawConfig {
     health: Vec<RawHealth>,
     policy_routing: Option<RawPolicyRouting>,
     control: Option<RawControl>,
+    #[serde(default)]
+    gateway: Vec<convergent::RawGateway>,
+    nat: Option<convergent::RawNat>,
 }
 
 #[derive(Deserialize)]
@@ -439,10 +455,18 @@ impl Validator {
                 );
             }
         }
-        if bgp.is_none() && kernel.is_none() && policy_routing.is_none() {
+        let gateways = self.gateways(raw.gateway);
+        let nat = raw.nat.map(|n| self.nat(n, &gateways));
+        self.node_tables(&gateways, nat.as_ref());
+        if bgp.is_none()
+            && kernel.is_none()
+            && policy_routing.is_none()
+            && gateways.is_empty()
+            && nat.is_none()
+        {
             self.problem(
                 "(top)",
-                "nothing to do: the config has no [bgp], [kernel] or [policy_routing]",
+                "nothing to do: the config has no [bgp], [kernel], [policy_routing], [[gateway]] or [nat]",
             );
         }
         Config {
@@ -452,6 +476,9 @@ impl Validator {
             health,
             policy_routing,
             control,
+            gateways,
+            nat,
+            node: None,
         }
     }
 

@@ -30,6 +30,9 @@ pub struct Status {
     /// Multi-NIC source policy routing (`[policy_routing]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_routing: Option<crate::policy_routing::PolicyStatus>,
+    /// Anycast gateways and the NAT table (`[[gateway]]`, `[nat]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergent: Option<crate::convergent::ConvergentStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

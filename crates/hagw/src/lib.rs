@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod convergent;
 pub mod daemon;
 pub mod lab;
 pub mod policy_routing;
@@ -115,6 +116,9 @@ pub fn status_text(st: &control::Status) -> String {
     }
     if let Some(p) = &st.policy_routing {
         s.push_str(&policy_routing::status_text(p));
+    }
+    if let Some(c) = &st.convergent {
+        s.push_str(&convergent::status_text(c));
     }
     s
 }

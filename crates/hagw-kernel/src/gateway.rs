@@ -396,13 +396,15 @@ impl State {
         let links = self.sock.dump_links().await?;
         let addrs = self.sock.dump_addresses().await?;
         self.remove_retired(&links, &addrs).await?;
+        // Filters before addresses: a guest's ARP for a gateway address
+        // this node has just taken must not reach the other nodes.
+        self.apply_filters(&links).await;
         let mut states = Vec::new();
         for g in self.desired.clone() {
             states.push(self.apply_gateway(&g, &links, &addrs).await?);
         }
         self.snap.gateways = states;
         self.apply_forwarding();
-        self.apply_filters(&links).await;
         Ok(())
     }
 

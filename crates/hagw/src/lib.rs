@@ -14,11 +14,14 @@ use std::fmt::Write;
 /// `hagw status` without `--json`.
 pub fn status_text(st: &control::Status) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<40} {:>10} {:<12} {:>9} {:>6} {:>6}  note",
-        "peer", "asn", "state", "uptime", "rcvd", "sent"
-    );
+    // A gateway-only node (no BGP) has no peers table to show.
+    if !st.peers.is_empty() || st.convergent.is_none() {
+        let _ = writeln!(
+            s,
+            "{:<40} {:>10} {:<12} {:>9} {:>6} {:>6}  note",
+            "peer", "asn", "state", "uptime", "rcvd", "sent"
+        );
+    }
     for p in &st.peers {
         let _ = writeln!(
             s,

@@ -123,8 +123,9 @@ pub fn hide_body(dev: &str, addrs: &[IpAddr]) -> Result<String, NftError> {
 #[derive(Debug)]
 pub enum Cmd {
     Set(Vec<GatewaySpec>),
-    /// Someone touched a filter table: check them.
-    Check,
+    /// A transaction touched a filter table: the ruleset generation it made
+    /// (`None`: events were lost).
+    Touched(Option<u32>),
 }
 
 /// One gateway in [`GatewaySnapshot`].
@@ -212,6 +213,8 @@ impl Gateway {
             retired: Vec::new(),
             dirty: true,
             check: false,
+            own_gen: None,
+            watching: false,
             loaded: BTreeMap::new(),
             retry_at: None,
             snap: GatewaySnapshot::default(),
@@ -219,12 +222,13 @@ impl Gateway {
         st.set(gateways);
         st.remove_stale_tables().await;
         st.apply_now().await;
+        st.watching = true;
         let h = reconcile::spawn(st, Some(events));
         let watch = {
             let h = h.clone();
             watch::spawn_checker(
                 |f, n| f == Family::Netdev && n.starts_with(HIDE_TABLE_PREFIX),
-                move || h.send(Cmd::Check),
+                move |gen| h.send(Cmd::Touched(gen)),
             )
         };
         Ok(Gateway {
@@ -277,8 +281,13 @@ struct State {
     retired: Vec<(String, IpNet)>,
     /// Links or addresses changed (or a command came): look again.
     dirty: bool,
-    /// Check the filter tables' presence and shape.
+    /// Check the filter tables' presence (and, without change events, their
+    /// shape).
     check: bool,
+    /// The ruleset generation right after our last transaction.
+    own_gen: Option<u32>,
+    /// Change events are expected (the watcher is running).
+    watching: bool,
     /// Filter tables in the kernel, by uplink.
     loaded: BTreeMap<String, Loaded>,
     retry_at: Option<Instant>,
@@ -351,9 +360,10 @@ impl State {
         }
     }
 
-    /// Forgets filter tables that are gone or changed, so the next apply
-    /// loads them again.
+    /// Forgets filter tables that are gone (or, without change events,
+    /// changed), so the next apply loads them again.
     async fn check_tables(&mut self) {
+        let cheap = self.watching && self.own_gen.is_some();
         let devs: Vec<String> = self.loaded.keys().cloned().collect();
         for dev in devs {
             let Ok(t) = hide_table(&dev) else { continue };
@@ -365,16 +375,30 @@ impl State {
                 ("ingress".to_string(), l.rules),
             ]
             .into();
-            match self.nft.shape(&t).await {
-                Ok(Some(s)) if s.rules == expected => {}
-                Ok(found) => {
-                    warn!(table = %t, "gateway filter {} by someone else: restoring it", if found.is_some() { "changed" } else { "deleted" });
-                    self.loaded.remove(&dev);
-                    self.snap.restores += 1;
-                    self.dirty = true;
-                }
-                Err(e) => warn!(table = %t, error = %e, "cannot read a gateway filter"),
+            let intact = if cheap {
+                watch::table_exists(t.family(), t.name())
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                self.nft
+                    .shape(&t)
+                    .await
+                    .map(|s| s.is_some_and(|s| s.rules == expected))
+                    .map_err(|e| e.to_string())
+            };
+            match intact {
+                Ok(true) => {}
+                Ok(false) => self.forget(&dev, &t),
+                Err(e) => warn!(table = %t, error = %e, "cannot check a gateway filter"),
             }
+        }
+    }
+
+    fn forget(&mut self, dev: &str, t: &Table) {
+        if self.loaded.remove(dev).is_some() {
+            warn!(table = %t, "gateway filter deleted or changed by someone else: loading it again");
+            self.snap.restores += 1;
+            self.dirty = true;
         }
     }
 
@@ -576,6 +600,7 @@ impl State {
                 Ok(()) => {
                     info!(uplink = %dev, table = %table, "ARP/ND for the gateway dropped on the uplink");
                     self.loaded.insert(dev.clone(), want);
+                    self.own_gen = watch::generation().await.ok();
                     st.filtering = true;
                 }
                 Err(e) => {
@@ -593,8 +618,9 @@ impl State {
     async fn remove_filter(&mut self, dev: &str) {
         self.loaded.remove(dev);
         let Ok(t) = hide_table(dev) else { return };
-        if let Err(e) = self.nft.delete(&t).await {
-            warn!(table = %t, error = %e, "cannot remove a gateway filter");
+        match self.nft.delete(&t).await {
+            Ok(()) => self.own_gen = watch::generation().await.ok(),
+            Err(e) => warn!(table = %t, error = %e, "cannot remove a gateway filter"),
         }
     }
 
@@ -664,7 +690,20 @@ impl Reconciler for State {
     fn on_command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Set(g) => self.set(g),
-            Cmd::Check => self.check = true,
+            Cmd::Touched(gen) => match (gen, self.own_gen) {
+                (Some(g), Some(own)) if g <= own => {}
+                (Some(_), Some(_)) => {
+                    // Someone else's change: load every filter again (they
+                    // are small; which one was touched does not matter).
+                    let devs: Vec<String> = self.loaded.keys().cloned().collect();
+                    for dev in devs {
+                        if let Ok(t) = hide_table(&dev) {
+                            self.forget(&dev, &t);
+                        }
+                    }
+                }
+                _ => self.check = true,
+            },
         }
     }
 

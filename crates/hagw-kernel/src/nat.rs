@@ -15,8 +15,10 @@
 //! * foreign tables are never written (only read, to see whether ours is
 //!   still there);
 //! * the table comes back when someone deletes or edits it (`nft flush
-//!   ruleset`, a firewall reload): nftables change events ([`watch`]) trigger
-//!   a check of its shape against what was loaded, and a periodic check
+//!   ruleset`, a firewall reload): nftables change events ([`watch`]) name
+//!   the tables each transaction touched and its generation, and one later
+//!   than hagw's own last transaction that touched `inet hagw` makes it
+//!   load the table again; a periodic presence check (one netlink request)
 //!   catches what events miss;
 //! * an `nft` failure keeps the last good table (the failed transaction
 //!   changed nothing), logs nft's message once, shows it in the snapshot and
@@ -443,8 +445,9 @@ pub enum Cmd {
     Set(NatSpec),
     /// A forward's target stopped (true) or started (false) answering.
     Withdraw { forward: String, withdrawn: bool },
-    /// Someone touched our table: check it.
-    Check,
+    /// A transaction touched our table: the ruleset generation it made
+    /// (`None`: events were lost).
+    Touched(Option<u32>),
 }
 
 /// What the NAT reconciler reports.
@@ -500,19 +503,23 @@ impl Nat {
             withdrawn: BTreeSet::new(),
             loaded: None,
             check: false,
+            own_gen: None,
+            foreign: false,
+            watching: false,
             failed: None,
             retry_at: None,
             backoff: FIRST_RETRY,
             snap: NatSnapshot::default(),
         };
         st.apply_now().await;
+        st.watching = true;
         let h = reconcile::spawn(st, None);
         let watch = {
             let h = h.clone();
             let t = table.clone();
             watch::spawn_checker(
                 move |f, n| f == t.family() && n == t.name(),
-                move || h.send(Cmd::Check),
+                move |gen| h.send(Cmd::Touched(gen)),
             )
         };
         Ok(Nat {
@@ -563,8 +570,16 @@ struct State {
     withdrawn: BTreeSet<String>,
     /// What is in the kernel (the last successful transaction).
     loaded: Option<Ruleset>,
-    /// Check the table's presence and shape before the next apply.
+    /// Check the table's presence (and, without events, its shape) before
+    /// the next apply.
     check: bool,
+    /// The ruleset generation right after our last transaction: events of
+    /// transactions up to it are ours (or older).
+    own_gen: Option<u32>,
+    /// Someone else's transaction touched our table: load it again.
+    foreign: bool,
+    /// Change events are expected (the watcher is running).
+    watching: bool,
     /// The script that failed last; not run again before `retry_at`.
     failed: Option<String>,
     retry_at: Option<Instant>,
@@ -586,26 +601,45 @@ impl State {
         }
     }
 
-    /// Is our table still what we loaded? If not, forget it (the next apply
-    /// replaces it).
+    /// Is our table still there (and, without change events, still what we
+    /// loaded)? If not, forget it: the next apply loads it again.
     async fn check_table(&mut self) {
-        let Some(loaded) = &self.loaded else { return };
-        match self.nft.shape(&self.table).await {
-            Ok(Some(shape)) if shape == loaded.shape => {}
-            Ok(found) => {
-                warn!(
-                    table = %self.table,
-                    "nat table {} by someone else: restoring it",
-                    if found.is_some() { "changed" } else { "deleted" }
-                );
-                self.loaded = None;
-                self.snap.restores += 1;
+        if self.loaded.is_none() {
+            return;
+        }
+        let gone = if self.watching && self.own_gen.is_some() {
+            match watch::table_exists(self.table.family(), self.table.name()).await {
+                Ok(present) => !present,
+                Err(e) => {
+                    warn!(table = %self.table, error = %e, "cannot check the nat table");
+                    false
+                }
             }
-            Err(e) => warn!(table = %self.table, error = %e, "cannot read the nat table"),
+        } else {
+            match self.nft.shape(&self.table).await {
+                Ok(found) => found.as_ref() != self.loaded.as_ref().map(|l| &l.shape),
+                Err(e) => {
+                    warn!(table = %self.table, error = %e, "cannot read the nat table");
+                    false
+                }
+            }
+        };
+        if gone {
+            self.restore("deleted or changed");
+        }
+    }
+
+    fn restore(&mut self, what: &str) {
+        if self.loaded.take().is_some() {
+            warn!(table = %self.table, "nat table {what} by someone else: loading it again");
+            self.snap.restores += 1;
         }
     }
 
     async fn apply_now(&mut self) {
+        if std::mem::take(&mut self.foreign) {
+            self.restore("changed");
+        }
         if std::mem::take(&mut self.check) {
             self.check_table().await;
         }
@@ -651,6 +685,7 @@ impl State {
                     info!(table = %self.table, "nat table error cleared");
                 }
                 self.loaded = Some(rs);
+                self.own_gen = watch::generation().await.ok();
                 self.snap.in_sync = true;
                 self.failed = None;
                 self.retry_at = None;
@@ -697,7 +732,11 @@ impl Reconciler for State {
                     self.retry_at = None;
                 }
             }
-            Cmd::Check => self.check = true,
+            Cmd::Touched(gen) => match (gen, self.own_gen) {
+                (Some(g), Some(own)) => self.foreign |= g > own,
+                // Without generations, compare what is there with ours.
+                _ => self.check = true,
+            },
         }
     }
 

@@ -114,7 +114,7 @@ fn nat_table_is_kept_restored_and_only_ours_is_touched() {
         wait_until("the prerouting chain restored", RESTORE, || {
             ns.sh("nft list chain inet hagw prerouting").contains("nat.forward[2]")
         });
-        assert!(nat.snapshot().await.restores >= 2);
+        assert_eq!(nat.snapshot().await.restores, 2);
 
         // (The flush took the foreign rules too: theirs again.)
         ns.sh("nft add table ip foreign && nft add chain ip foreign c '{ type filter hook input priority 0; }' && nft add rule ip foreign c counter");
@@ -135,6 +135,11 @@ fn nat_table_is_kept_restored_and_only_ours_is_touched() {
         nat.withdraw("nat.forward[0]", false);
         nat.snapshot().await;
         assert!(ns.sh("nft list table inet hagw").contains("comment \"nat.forward[0]\""));
+        // Our own transactions (and their events) are never taken for
+        // someone else's.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let snap = nat.snapshot().await;
+        assert_eq!((snap.restores, snap.replaces), (2, 5), "{snap:?}");
 
         nat.shutdown(true).await;
     });
@@ -194,6 +199,35 @@ fn an_nft_failure_keeps_the_last_good_table_and_says_why() {
         let snap = nat.snapshot().await;
         assert!(snap.in_sync && snap.error.is_none(), "{snap:?}");
         nat.shutdown(true).await;
+    });
+}
+
+#[test]
+fn generations_and_table_presence_come_from_netlink() {
+    require_root();
+    let ns = Netns::new("natgen");
+    ns.block_on(|| async {
+        use hagw_kernel::nft::{watch, Family};
+        let g0 = watch::generation().await.expect("generation");
+        assert!(!watch::table_exists(Family::Inet, "hagw")
+            .await
+            .expect("get"));
+        ns.sh("nft add table inet hagw");
+        let g1 = watch::generation().await.expect("generation");
+        assert!(g1 > g0, "{g0} -> {g1}");
+        assert!(watch::table_exists(Family::Inet, "hagw")
+            .await
+            .expect("get"));
+        assert!(!watch::table_exists(Family::Ip, "hagw").await.expect("get"));
+        ns.sh("nft add chain inet hagw c && nft add rule inet hagw c counter comment '\"nat.forward[7]\"' && nft add rule inet hagw c accept");
+        let r = watch::rules(Family::Inet, "hagw").await.expect("dump");
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].chain, "c");
+        assert_eq!(r[0].comment.as_deref(), Some("nat.forward[7]"));
+        assert_eq!(r[1].comment, None);
+        assert!(r[1].handle > r[0].handle);
+        assert!(ns.sh("nft -a list chain inet hagw c").contains(&format!("# handle {}", r[0].handle)));
+        assert!(watch::rules(Family::Inet, "nope").await.expect("dump").is_empty());
     });
 }
 

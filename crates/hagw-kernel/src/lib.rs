@@ -15,6 +15,10 @@
 //! * [`fib`] — FibSync: routes by owner (BGP, statics, VRRP, virtual networks).
 //! * [`pinning`] — connection pinning (fwmark rules, per-router tables, nft).
 //! * [`policy_routing`] — per-NIC source policy routing.
+//! * [`nat`] — the NAT table of convergent gateways (source NAT, port
+//!   forwards, full-NAT), one atomic nftables table.
+//! * [`gateway`] — the anycast gateway: the same address on every node's
+//!   bridge, its ARP/ND kept off the uplinks.
 //! * [`sysctl`] — `/proc/sys` knobs, global and per interface.
 //! * [`vip`] — the VRRP virtual addresses: added and removed at once, kept
 //!   so, only hagw's own ever removed; [`announce`] — gratuitous ARP and
@@ -25,6 +29,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub mod fib;
+pub mod gateway;
+pub mod nat;
 pub mod netlink;
 pub mod nft;
 pub mod pinning;

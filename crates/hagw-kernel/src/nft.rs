@@ -25,6 +25,8 @@ use std::{
 
 use tokio::io::AsyncWriteExt;
 
+pub mod watch;
+
 /// Longest an `nft` run may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -258,10 +260,13 @@ impl Nft {
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .map_err(|e| self.spawn_err(format!("writing the script: {e}")))?;
+            // nft may refuse before reading it all: its exit status and
+            // message below say why, not the broken pipe.
+            if let Err(e) = stdin.write_all(script.as_bytes()).await {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(self.spawn_err(format!("writing the script: {e}")));
+                }
+            }
         }
         let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
             .await
@@ -283,9 +288,11 @@ impl Nft {
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| self.spawn_err(format!("writing the script: {e}")))?;
+            if let Err(e) = stdin.write_all(script.as_bytes()) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(self.spawn_err(format!("writing the script: {e}")));
+                }
+            }
         }
         let out = child.wait_with_output().map_err(|e| self.spawn_err(e))?;
         Self::result(out.status, &out.stderr)
@@ -334,6 +341,22 @@ impl Nft {
         parse_tables(&self.output(&["-j", "list", "tables"]).await?)
     }
 
+    /// The shape of `table`, or `None` when it does not exist.
+    pub async fn shape(&self, table: &Table) -> Result<Option<TableShape>, NftError> {
+        let present = self
+            .tables()
+            .await?
+            .iter()
+            .any(|(f, n)| *f == table.family && *n == table.name);
+        if !present {
+            return Ok(None);
+        }
+        let out = self
+            .output(&["-j", "list", "table", table.family.as_str(), &table.name])
+            .await?;
+        parse_shape(&out).map(Some)
+    }
+
     /// The counters of `table`'s rules (rules without a `counter` are left
     /// out).
     pub async fn counters(&self, table: &Table) -> Result<Vec<RuleCounter>, NftError> {
@@ -365,6 +388,43 @@ pub fn parse_tables(text: &str) -> Result<Vec<(Family, String)>, NftError> {
             Some((fam, t.get("name")?.as_str()?.to_string()))
         })
         .collect())
+}
+
+/// What a table holds, as far as hagw checks it has not been tampered with:
+/// rules per chain and the names of its sets. Cheap to compare with what was
+/// loaded, and blind to nft's formatting of the rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableShape {
+    pub rules: std::collections::BTreeMap<String, usize>,
+    pub sets: std::collections::BTreeSet<String>,
+}
+
+/// Parses the shape of the table out of `nft -j list table F N`.
+pub fn parse_shape(text: &str) -> Result<TableShape, NftError> {
+    let v = json(text)?;
+    let mut shape = TableShape::default();
+    for i in items(&v)? {
+        if let Some(name) = i
+            .get("chain")
+            .and_then(|c| c.get("name"))
+            .and_then(|n| n.as_str())
+        {
+            shape.rules.entry(name.to_string()).or_default();
+        } else if let Some(chain) = i
+            .get("rule")
+            .and_then(|r| r.get("chain"))
+            .and_then(|c| c.as_str())
+        {
+            *shape.rules.entry(chain.to_string()).or_default() += 1;
+        } else if let Some(name) = i
+            .get("set")
+            .and_then(|s| s.get("name"))
+            .and_then(|n| n.as_str())
+        {
+            shape.sets.insert(name.to_string());
+        }
+    }
+    Ok(shape)
 }
 
 /// Parses the counters out of `nft -j list table F N`.

@@ -17,6 +17,11 @@ use serde::Deserialize;
 use hagw_kernel::{fib, netlink::RT_TABLE_MAIN, pinning, policy_routing};
 pub use hagw_kernel::{DhcpDefault, StaticRoute};
 
+mod convergent;
+pub use convergent::{
+    node_names, ForwardHealth, Gateway, Nat, NatForward, NatSource, PerNode, Target,
+};
+
 pub const DEFAULT_SOCKET: &str = "/run/hagw/hagw.sock";
 pub const DEFAULT_HOLD_TIME: u16 = 90;
 pub const DEFAULT_PEER_LIMIT: usize = 20_000;
@@ -74,6 +79,14 @@ pub struct Config {
     pub control: Control,
     /// VRRPv3 virtual routers (`[[vrrp]]`): the floating VIPs.
     pub vrrp: Vec<Vrrp>,
+    /// Anycast gateways on guest bridges (`[[gateway]]`).
+    pub gateways: Vec<Gateway>,
+    /// Source NAT and port forwards (`[nat]`).
+    pub nat: Option<Nat>,
+    /// The node this machine is, for per-node values: set by
+    /// `crate::convergent::check_live` (`--node`, the hostname, or which
+    /// node's addresses are here).
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +256,8 @@ struct RawConfig {
     control: Option<RawControl>,
     #[serde(default)]
     vrrp: Vec<vrrp::RawVrrp>,
+    gateway: Vec<convergent::RawGateway>,
+    nat: Option<convergent::RawNat>,
 }
 
 #[derive(Deserialize)]
@@ -463,10 +478,19 @@ impl Validator {
         }
         let any_vrrp = !raw.vrrp.is_empty();
         let vrrp = self.vrrps(raw.vrrp, &health, bgp.is_some());
-        if bgp.is_none() && kernel.is_none() && policy_routing.is_none() && !any_vrrp {
+        let gateways = self.gateways(raw.gateway);
+        let nat = raw.nat.map(|n| self.nat(n, &gateways));
+        self.node_tables(&gateways, nat.as_ref());
+        if bgp.is_none()
+            && kernel.is_none()
+            && policy_routing.is_none()
+            && !any_vrrp
+            && gateways.is_empty()
+            && nat.is_none()
+        {
             self.problem(
                 "(top)",
-                "nothing to do: the config has no [bgp], [kernel], [policy_routing] or [[vrrp]]",
+                "nothing to do: the config has no [bgp], [kernel], [policy_routing], [[vrrp]], [[gateway]] or [nat]",
             );
         }
         Config {
@@ -477,6 +501,9 @@ impl Validator {
             policy_routing,
             control,
             vrrp,
+            gateways,
+            nat,
+            node: None,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Status {
     /// VRRP instances (`[[vrrp]]`): state, Master, counters, VIPs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vrrp: Vec<crate::daemon::vrrp::VrrpStatus>,
+    /// Anycast gateways and the NAT table (`[[gateway]]`, `[nat]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergent: Option<crate::convergent::ConvergentStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

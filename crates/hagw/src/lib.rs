@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod convergent;
 pub mod daemon;
 pub mod policy_routing;
 pub mod vrrp;
@@ -13,11 +14,14 @@ use std::fmt::Write;
 /// `hagw status` without `--json`.
 pub fn status_text(st: &control::Status) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<40} {:>10} {:<12} {:>9} {:>6} {:>6}  note",
-        "peer", "asn", "state", "uptime", "rcvd", "sent"
-    );
+    // A gateway-only node (no BGP) has no peers table to show.
+    if !st.peers.is_empty() || st.convergent.is_none() {
+        let _ = writeln!(
+            s,
+            "{:<40} {:>10} {:<12} {:>9} {:>6} {:>6}  note",
+            "peer", "asn", "state", "uptime", "rcvd", "sent"
+        );
+    }
     for p in &st.peers {
         let _ = writeln!(
             s,
@@ -118,6 +122,9 @@ pub fn status_text(st: &control::Status) -> String {
     }
     if !st.vrrp.is_empty() {
         s.push_str(&vrrp::status_text(&st.vrrp));
+    }
+    if let Some(c) = &st.convergent {
+        s.push_str(&convergent::status_text(c));
     }
     s
 }

@@ -29,11 +29,18 @@ enum Cmd {
         config: PathBuf,
         #[arg(long, default_value = "info")]
         log: String,
+        /// Which node of the config this machine is (default: the hostname, else
+        /// the node whose addresses are here).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Check a config file: exit 0 when valid, else print every problem.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Check it as node NAME (see `run --node`).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Ask the running daemon for its peers and routes.
     Status {
@@ -59,10 +66,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Check { config } => {
-            match config::load(&config).and_then(|c| hagw::policy_routing::check_live(&config, c)) {
-                Ok(_) => {
-                    println!("{}: ok", config.display());
+        Cmd::Check { config, node } => {
+            match config::load(&config)
+                .and_then(|c| hagw::policy_routing::check_live(&config, c))
+                .and_then(|c| hagw::convergent::check_live(&config, c, node.as_deref()))
+            {
+                Ok(c) => {
+                    match c
+                        .node
+                        .as_deref()
+                        .filter(|_| !c.gateways.is_empty() || c.nat.is_some())
+                    {
+                        Some(n) => println!("{}: ok (node {n})", config.display()),
+                        None => println!("{}: ok", config.display()),
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -71,10 +88,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Run { config, log } => {
+        Cmd::Run { config, log, node } => {
             init_tracing(&log);
             let cfg = match config::load(&config)
                 .and_then(|c| hagw::policy_routing::check_live(&config, c))
+                .and_then(|c| hagw::convergent::check_live(&config, c, node.as_deref()))
             {
                 Ok(c) => c,
                 Err(e) => {

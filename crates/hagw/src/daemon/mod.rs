@@ -68,6 +68,7 @@ pub struct Daemon {
     bfd: Option<bfd::Bfd>,
     pinning: Option<hagw_kernel::pinning::Pinning>,
     vrrp: Option<Arc<vrrp::Vrrp>>,
+    convergent: Option<crate::convergent::Convergent>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -99,6 +100,7 @@ struct Running {
     pinning: Option<hagw_kernel::pinning::Pinning>,
     fib: Option<FibSync>,
     policy: Option<hagw_kernel::policy_routing::PolicySync>,
+    convergent: Option<crate::convergent::Convergent>,
     control: control::Guard,
     vrrp: Option<Arc<vrrp::Vrrp>>,
 }
@@ -123,6 +125,7 @@ async fn serve(
     };
     let bfd = start_bfd(&cfg)?;
     let (vrrp, gate) = start_vrrp(&cfg, bfd.clone(), probe_results, gate).await?;
+    let convergent = crate::convergent::start(&cfg).await?;
     let registry = Arc::new(Registry::default());
     let (listeners, ranges) = match &cfg.bgp {
         Some(bgp) => start_bgp(bgp, gr, gate, bfd.clone(), registry.clone(), rib_tx.clone())?,
@@ -138,6 +141,7 @@ async fn serve(
         bfd: bfd.clone(),
         pinning: pinning.clone(),
         vrrp: vrrp.clone(),
+        convergent: convergent.clone(),
     });
     let control = control::serve(&cfg.control.socket, daemon)
         .await
@@ -155,10 +159,11 @@ async fn serve(
         pinning,
         fib,
         policy,
+        convergent: convergent.clone(),
         control,
         vrrp,
     };
-    wait_for_stop(config_path).await?;
+    wait_for_stop(config_path, &cfg, convergent).await?;
     running.shutdown().await;
     Ok(())
 }
@@ -321,11 +326,17 @@ fn start_bgp(
     Ok((listeners, ranges_desc))
 }
 
-/// Until SIGTERM or SIGINT; SIGHUP checks the config file.
-async fn wait_for_stop(config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+/// Until SIGTERM or SIGINT; SIGHUP checks the config file (and applies its
+/// `[[gateway]]` and `[nat]` live).
+async fn wait_for_stop(
+    config_path: Option<std::path::PathBuf>,
+    running: &Config,
+    convergent: Option<crate::convergent::Convergent>,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let (reloaded_tx, mut reloaded) = mpsc::unbounded_channel::<Config>();
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -333,9 +344,49 @@ async fn wait_for_stop(config_path: Option<std::path::PathBuf>) -> anyhow::Resul
             _ = hup.recv() => {
                 // The live-system check runs its own small runtime: not on ours.
                 let path = config_path.clone();
-                std::thread::spawn(move || reload_check(path.as_deref()));
+                let node = running.node.clone();
+                let tx = reloaded_tx.clone();
+                std::thread::spawn(move || {
+                    if let Some(c) = reload_check(path.as_deref(), node.as_deref()) {
+                        let _ = tx.send(c);
+                    }
+                });
             }
+            Some(new) = reloaded.recv() => apply_reload(running, &new, convergent.as_ref()),
         }
+    }
+}
+
+/// A valid reloaded config: gateways and NAT are applied live; other
+/// sections need a restart (hagw says so when they changed).
+fn apply_reload(
+    running: &Config,
+    new: &Config,
+    convergent: Option<&crate::convergent::Convergent>,
+) {
+    let mut note = match convergent {
+        Some(c) => c.reload(new),
+        None if !new.gateways.is_empty() || new.nat.is_some() => {
+            Some("[[gateway]] or [nat] added: restart hagw to start them".into())
+        }
+        None => None,
+    };
+    let others = |c: &Config| Config {
+        gateways: Vec::new(),
+        nat: None,
+        node: None,
+        ..c.clone()
+    };
+    if others(running) != others(new) {
+        note = Some(
+            "sections other than [[gateway]] and [nat] changed: hagw does not apply those live \
+             yet; restart it to apply them (with [bgp.graceful_restart] no traffic is lost)"
+                .into(),
+        );
+    }
+    match note {
+        Some(n) => tracing::warn!("SIGHUP: {n}"),
+        None => tracing::info!("SIGHUP: config reloaded"),
     }
 }
 
@@ -376,6 +427,11 @@ impl Running {
         }
         if let Some(policy) = self.policy {
             policy.shutdown().await;
+        }
+        // The NAT table and gateways stay unless configured otherwise
+        // (keep_on_stop): NATed connections survive a restart only so.
+        if let Some(c) = self.convergent {
+            c.shutdown().await;
         }
         self.control.remove();
     }
@@ -442,18 +498,19 @@ async fn start_pinning(k: &config::Kernel, adopt: bool) -> Option<hagw_kernel::p
     }
 }
 
-/// SIGHUP: a config that does not check is reported and the running one kept.
-/// A valid one is not applied live yet: hagw says so (with graceful restart, a
-/// restart to apply it loses no traffic).
-fn reload_check(path: Option<&std::path::Path>) {
-    let Some(path) = path else { return };
-    match config::load(path).and_then(|c| crate::policy_routing::check_live(path, c)) {
-        Err(e) => tracing::error!("SIGHUP: {e}\nkeeping the running config"),
-        Ok(_) => tracing::warn!(
-            "SIGHUP: {} is valid, but hagw does not apply config changes live yet; \
-             restart it to apply them (with [bgp.graceful_restart] no traffic is lost)",
-            path.display()
-        ),
+/// SIGHUP: a config that does not check is reported and the running one
+/// kept; a valid one is returned (for the same node).
+fn reload_check(path: Option<&std::path::Path>, node: Option<&str>) -> Option<Config> {
+    let path = path?;
+    match config::load(path)
+        .and_then(|c| crate::policy_routing::check_live(path, c))
+        .and_then(|c| crate::convergent::check_live(path, c, node))
+    {
+        Err(e) => {
+            tracing::error!("SIGHUP: {e}\nkeeping the running config");
+            None
+        }
+        Ok(c) => Some(c),
     }
 }
 
@@ -590,6 +647,10 @@ impl Daemon {
             Some(v) => v.status().await,
             None => Vec::new(),
         };
+        let convergent = match &self.convergent {
+            Some(c) => Some(c.status().await),
+            None => None,
+        };
         Status {
             peers,
             routes,
@@ -599,6 +660,7 @@ impl Daemon {
             bfd_thread: self.bfd.as_ref().map(|b| b.scheduling()),
             policy_routing,
             vrrp,
+            convergent,
         }
     }
 }

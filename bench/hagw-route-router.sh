@@ -29,4 +29,7 @@ C
 ip netns exec ri "$BIN" run --config $D/hagw.toml --log warn >$D/hagw.log 2>&1 &
 pid=$!
 for _ in $(seq 100); do [ -S $D/hagw.sock ] && break; sleep 0.05; done
+# The peak RSS (VmHWM) until hagw is stopped, for bench/route-install.sh.
+( while h=$(awk '/VmHWM/{print $2}' /proc/$pid/status 2>/dev/null) && [ -n "$h" ]; do
+    echo "$h" >$D/hagw.hwm; sleep 0.1; done ) >/dev/null 2>&1 </dev/null &
 echo $pid

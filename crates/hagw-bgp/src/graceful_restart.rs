@@ -275,12 +275,16 @@ impl Restarts {
             return;
         }
         self.changes.clear();
-        out.extend(rib.installed().iter().map(|(p, n)| {
-            Output::Route(Change {
-                prefix: *p,
+        let mut all: Vec<Change> = rib
+            .installed()
+            .map(|(prefix, n)| Change {
+                prefix,
                 next_hops: n.clone(),
             })
-        }));
+            .collect();
+        // In prefix order, as a replay expects (the RIB's table has none).
+        all.sort_unstable_by_key(|c| c.prefix);
+        out.extend(all.into_iter().map(Output::Route));
         out.push(Output::DeferralOver);
     }
 }

@@ -6,16 +6,28 @@
 //! neighbour AS), eBGP over iBGP. Every path equal to the best through these steps
 //! joins the multipath set — neighbour ASes may differ, as with FRR's
 //! `bestpath as-path multipath-relax` — because a host's routers are equals.
+//!
+//! # Memory per prefix
+//!
+//! A router holds one /32 per VM, 100k and more. Per prefix the RIB keeps 32
+//! bytes in its table (an 8-byte IPv4 key, the paths, the multipath set's id)
+//! and nothing else: a path's attributes are interned (every prefix of an
+//! UPDATE shares one), so are multipath sets (one [`NextHops`] per distinct
+//! set), and one path per prefix — nearly every prefix has one — is stored
+//! inline. There is no per-peer index of prefixes and no set of stale
+//! prefixes: a session's end or a stale sweep walks the table once, and a
+//! stale path is a bit beside its peer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use hagw_table::{FastMap, Id, Interner, PrefixMap};
 use ipnet::IpNet;
 
 use crate::packet::{Origin, PathAttributes};
 
 /// What the decision process needs of one path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Path {
     pub next_hop: IpAddr,
     pub local_pref: u32,
@@ -68,153 +80,461 @@ impl Path {
     }
 }
 
+/// A multipath set: next hops sorted and deduplicated, shared by every
+/// prefix that has the same set (cloning it allocates nothing).
+pub type NextHops = Arc<[IpAddr]>;
+
 /// A prefix whose multipath set changed: install these next hops (empty = remove).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub prefix: IpNet,
-    pub next_hops: Vec<IpAddr>,
+    pub next_hops: NextHops,
 }
 
+/// Marks a stale path (graceful restart) in [`PeerPath::peer`].
+const STALE: u32 = 1 << 31;
+
+/// One peer's path for a prefix: 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerPath {
+    /// The peer's index in [`Peers`], with [`STALE`].
+    peer: u32,
+    path: Id,
+}
+
+impl PeerPath {
+    fn peer(self) -> u32 {
+        self.peer & !STALE
+    }
+
+    fn stale(self) -> bool {
+        self.peer & STALE != 0
+    }
+}
+
+/// The paths of one prefix, at most one per peer: the one path nearly every
+/// prefix has is stored inline.
+#[derive(Debug)]
+enum Paths {
+    One(PeerPath),
+    Many(Box<[PeerPath]>),
+}
+
+impl Paths {
+    fn as_slice(&self) -> &[PeerPath] {
+        match self {
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [PeerPath] {
+        match self {
+            Paths::One(p) => std::slice::from_mut(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn push(&mut self, p: PeerPath) {
+        *self = match std::mem::replace(self, Paths::Many(Box::default())) {
+            Paths::Many(v) if v.is_empty() => Paths::One(p),
+            Paths::One(q) => Paths::Many(Box::new([q, p])),
+            Paths::Many(v) => {
+                let mut v = v.into_vec();
+                v.push(p);
+                Paths::Many(v.into_boxed_slice())
+            }
+        };
+    }
+
+    /// Removes the paths `gone` says, handing each to `dropped`.
+    fn remove_if(&mut self, gone: impl Fn(PeerPath) -> bool, mut dropped: impl FnMut(PeerPath)) {
+        if !self.as_slice().iter().any(|p| gone(*p)) {
+            return;
+        }
+        let mut kept = Vec::new();
+        for p in self.as_slice() {
+            if gone(*p) {
+                dropped(*p);
+            } else {
+                kept.push(*p);
+            }
+        }
+        *self = match kept.as_slice() {
+            [p] => Paths::One(*p),
+            _ => Paths::Many(kept.into_boxed_slice()),
+        };
+    }
+}
+
+/// One prefix: its paths and the multipath set last reported for it.
+#[derive(Debug)]
+struct Dest {
+    paths: Paths,
+    best: Option<Id>,
+}
+
+impl Default for Dest {
+    fn default() -> Self {
+        Dest {
+            paths: Paths::Many(Box::default()),
+            best: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PeerSlot {
+    addr: IpAddr,
+    /// Paths this peer has in the RIB, stale ones included.
+    paths: usize,
+    stale: usize,
+}
+
+/// Peers by a small index, so that a path names its peer in 4 bytes; an
+/// index is reused once its peer has no path left.
 #[derive(Debug, Default)]
-pub struct Rib {
-    /// prefix -> (peer, path), at most one path per peer.
-    paths: HashMap<IpNet, Vec<(IpAddr, Path)>>,
-    /// peer -> its prefixes, so a session loss is one walk.
-    by_peer: HashMap<IpAddr, HashSet<IpNet>>,
-    /// What we last reported per prefix.
-    installed: BTreeMap<IpNet, Vec<IpAddr>>,
-    /// Graceful restart (RFC 4724): a restarting peer's paths we still use,
-    /// until it announces them again or the sweep.
-    stale: HashMap<IpAddr, HashSet<IpNet>>,
+struct Peers {
+    by_addr: FastMap<IpAddr, u32>,
+    slots: Vec<PeerSlot>,
+    free: Vec<u32>,
+}
+
+impl Peers {
+    fn find(&self, addr: IpAddr) -> Option<u32> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    fn index(&mut self, addr: IpAddr) -> u32 {
+        if let Some(i) = self.find(addr) {
+            return i;
+        }
+        let slot = PeerSlot {
+            addr,
+            paths: 0,
+            stale: 0,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                // Below STALE: one index per peer at the same time.
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_addr.insert(addr, i);
+        i
+    }
+
+    fn slot(&mut self, i: u32) -> &mut PeerSlot {
+        &mut self.slots[i as usize]
+    }
+
+    fn get(&self, addr: IpAddr) -> Option<&PeerSlot> {
+        self.find(addr).map(|i| &self.slots[i as usize])
+    }
+
+    fn release_if_unused(&mut self, i: u32) {
+        let s = &self.slots[i as usize];
+        if s.paths == 0 && s.stale == 0 && self.by_addr.remove(&s.addr).is_some() {
+            self.free.push(i);
+        }
+    }
+}
+
+/// Everything but the prefix table, so that a prefix's entry and these can
+/// be borrowed at once.
+#[derive(Debug)]
+struct Tables {
+    paths: Interner<Path>,
+    sets: Interner<NextHops>,
+    peers: Peers,
     max_paths: usize,
+    /// The decision process's output, reused.
+    hops: Vec<IpAddr>,
+    /// The set found last, compared before a hash lookup: the prefixes of
+    /// one UPDATE nearly always share it.
+    last_set: Option<Id>,
+    empty: NextHops,
+}
+
+#[derive(Debug)]
+pub struct Rib {
+    dests: PrefixMap<Dest>,
+    t: Tables,
 }
 
 impl Rib {
     pub fn new(max_paths: usize) -> Rib {
         Rib {
-            max_paths: max_paths.max(1),
-            ..Rib::default()
+            dests: PrefixMap::new(),
+            t: Tables {
+                paths: Interner::new(),
+                sets: Interner::new(),
+                peers: Peers::default(),
+                max_paths: max_paths.max(1),
+                hops: Vec::new(),
+                last_set: None,
+                empty: Arc::from(Vec::new()),
+            },
         }
     }
 
     /// A peer announced `prefix` with `path` (replacing its previous path).
     pub fn announce(&mut self, peer: IpAddr, prefix: IpNet, path: Path, out: &mut Vec<Change>) {
-        let v = self.paths.entry(prefix).or_default();
-        match v.iter_mut().find(|(p, _)| *p == peer) {
-            Some(slot) => slot.1 = path,
-            None => v.push((peer, path)),
+        self.announce_all(peer, path, [prefix], out);
+    }
+
+    /// A peer announced `prefixes` with one `path` (one UPDATE): the path is
+    /// stored once for all of them.
+    pub fn announce_all(
+        &mut self,
+        peer: IpAddr,
+        path: Path,
+        prefixes: impl IntoIterator<Item = IpNet>,
+        out: &mut Vec<Change>,
+    ) {
+        let pi = self.t.peers.index(peer);
+        let id = self.t.paths.intern(path);
+        for prefix in prefixes {
+            self.t.paths.acquire(id);
+            let dest = self.dests.get_or_insert_with(prefix, Dest::default);
+            self.t.put(pi, id, prefix, dest, out);
         }
-        self.by_peer.entry(peer).or_default().insert(prefix);
-        if let Some(s) = self.stale.get_mut(&peer) {
-            s.remove(&prefix);
-        }
-        self.recompute(prefix, out);
+        self.t.paths.release(id);
     }
 
     pub fn withdraw(&mut self, peer: IpAddr, prefix: IpNet, out: &mut Vec<Change>) {
-        if let Some(v) = self.paths.get_mut(&prefix) {
-            let before = v.len();
-            v.retain(|(p, _)| *p != peer);
-            if v.len() != before {
-                if let Some(s) = self.by_peer.get_mut(&peer) {
-                    s.remove(&prefix);
+        self.withdraw_all(peer, [prefix], out);
+    }
+
+    /// A peer withdrew `prefixes`.
+    pub fn withdraw_all(
+        &mut self,
+        peer: IpAddr,
+        prefixes: impl IntoIterator<Item = IpNet>,
+        out: &mut Vec<Change>,
+    ) {
+        let Some(pi) = self.t.peers.find(peer) else {
+            return;
+        };
+        for prefix in prefixes {
+            let Some(dest) = self.dests.get_mut(&prefix) else {
+                continue;
+            };
+            let t = &mut self.t;
+            let mut found = false;
+            dest.paths
+                .remove_if(|p| p.peer() == pi, |p| found |= t.drop_path(p));
+            if found {
+                t.recompute(prefix, dest, out);
+                if dest.paths.is_empty() {
+                    self.dests.remove(&prefix);
                 }
-                self.recompute(prefix, out);
             }
         }
+        self.t.peers.release_if_unused(pi);
     }
 
     /// The session ended without a NOTIFICATION and the peer does graceful
     /// restart: keep forwarding on its paths, marked stale.
     pub fn peer_restarting(&mut self, peer: IpAddr) {
-        if let Some(p) = self.by_peer.get(&peer) {
-            self.stale
-                .entry(peer)
-                .or_default()
-                .extend(p.iter().copied());
+        let Some(pi) = self.t.peers.find(peer) else {
+            return;
+        };
+        let slot = self.t.peers.slot(pi);
+        if slot.stale == slot.paths {
+            return;
+        }
+        for (_, dest) in self.dests.iter_mut() {
+            for p in dest.paths.as_mut_slice() {
+                if p.peer == pi {
+                    p.peer |= STALE;
+                    slot.stale += 1;
+                }
+            }
         }
     }
 
     /// Stale paths of `peer` still waiting to be refreshed.
     pub fn stale_count(&self, peer: IpAddr) -> usize {
-        self.stale.get(&peer).map_or(0, HashSet::len)
+        self.t.peers.get(peer).map_or(0, |s| s.stale)
     }
 
     /// End-of-RIB for a family, or the restart timer: what `peer` has not
     /// announced again goes. `v6` = None sweeps both families.
     pub fn sweep_stale(&mut self, peer: IpAddr, v6: Option<bool>, out: &mut Vec<Change>) {
-        let Some(set) = self.stale.get_mut(&peer) else {
+        let Some(pi) = self.t.peers.find(peer) else {
             return;
         };
-        let gone: Vec<IpNet> = set
-            .iter()
-            .filter(|p| v6.is_none_or(|v6| p.addr().is_ipv6() == v6))
-            .copied()
-            .collect();
-        for p in &gone {
-            set.remove(p);
+        if self.t.peers.slot(pi).stale == 0 {
+            return;
         }
-        if set.is_empty() {
-            self.stale.remove(&peer);
-        }
-        for p in gone {
-            self.withdraw(peer, p, out);
-        }
+        self.remove_paths(pi, v6, |p| p.peer == pi | STALE, out);
     }
 
     /// The session is gone: every path it gave goes.
     pub fn peer_down(&mut self, peer: IpAddr, out: &mut Vec<Change>) {
-        self.stale.remove(&peer);
-        let Some(prefixes) = self.by_peer.remove(&peer) else {
+        let Some(pi) = self.t.peers.find(peer) else {
             return;
         };
-        for prefix in prefixes {
-            if let Some(v) = self.paths.get_mut(&prefix) {
-                v.retain(|(p, _)| *p != peer);
+        self.remove_paths(pi, None, |p| p.peer() == pi, out);
+    }
+
+    /// One walk of the table (of one family, or both) removing peer `pi`'s
+    /// paths that `gone` says.
+    fn remove_paths(
+        &mut self,
+        pi: u32,
+        v6: Option<bool>,
+        gone: impl Fn(PeerPath) -> bool + Copy,
+        out: &mut Vec<Change>,
+    ) {
+        let t = &mut self.t;
+        self.dests.retain(v6, |prefix, dest| {
+            let mut found = false;
+            dest.paths.remove_if(gone, |p| found |= t.drop_path(p));
+            if found {
+                t.recompute(prefix, dest, out);
             }
-            self.recompute(prefix, out);
-        }
+            !dest.paths.is_empty()
+        });
+        t.peers.release_if_unused(pi);
     }
 
     /// Prefixes currently received from `peer`.
     pub fn received_from(&self, peer: IpAddr) -> usize {
-        self.by_peer.get(&peer).map_or(0, HashSet::len)
+        self.t.peers.get(peer).map_or(0, |s| s.paths)
     }
 
-    /// The current multipath sets, for status output.
-    pub fn installed(&self) -> &BTreeMap<IpNet, Vec<IpAddr>> {
-        &self.installed
+    /// The current multipath sets, for status output and to give the kernel
+    /// the whole RIB (in no particular order).
+    pub fn installed(&self) -> impl Iterator<Item = (IpNet, &NextHops)> + '_ {
+        self.dests
+            .iter()
+            .filter_map(|(p, d)| Some((p, self.t.sets.get(d.best?)?)))
     }
 
-    fn recompute(&mut self, prefix: IpNet, out: &mut Vec<Change>) {
-        let next_hops = match self.paths.get(&prefix) {
-            Some(v) if !v.is_empty() => multipath(v, self.max_paths),
-            _ => {
-                self.paths.remove(&prefix);
-                Vec::new()
-            }
-        };
-        let changed = match self.installed.get(&prefix) {
-            Some(old) => *old != next_hops,
-            None => !next_hops.is_empty(),
-        };
-        if !changed {
-            return;
-        }
-        if next_hops.is_empty() {
-            self.installed.remove(&prefix);
-        } else {
-            self.installed.insert(prefix, next_hops.clone());
-        }
-        out.push(Change { prefix, next_hops });
+    /// How many prefixes have a multipath set.
+    pub fn installed_len(&self) -> usize {
+        self.installed().count()
+    }
+
+    /// The multipath set of `prefix`, if it has one.
+    pub fn next_hops(&self, prefix: IpNet) -> Option<&NextHops> {
+        self.t.sets.get(self.dests.get(&prefix)?.best?)
     }
 }
 
-/// The next hops of every path equal to the best, sorted, deduplicated.
-fn multipath(paths: &[(IpAddr, Path)], max: usize) -> Vec<IpAddr> {
-    let Some(best) = paths
-        .iter()
-        .map(|(peer, p)| (p.rank(), p.med, p.neighbor_as, p.peer_id, *peer))
+impl Tables {
+    /// Sets peer `pi`'s path for `prefix` to `id`, whose reference it takes.
+    fn put(&mut self, pi: u32, id: Id, prefix: IpNet, dest: &mut Dest, out: &mut Vec<Change>) {
+        let slot = self.peers.slot(pi);
+        match dest
+            .paths
+            .as_mut_slice()
+            .iter_mut()
+            .find(|p| p.peer() == pi)
+        {
+            Some(p) => {
+                if p.stale() {
+                    slot.stale -= 1;
+                }
+                let old = std::mem::replace(p, PeerPath { peer: pi, path: id });
+                self.paths.release(old.path);
+                if old.path == id {
+                    // The same path again (or refreshed after a restart):
+                    // the decision cannot change.
+                    return;
+                }
+            }
+            None => {
+                dest.paths.push(PeerPath { peer: pi, path: id });
+                slot.paths += 1;
+            }
+        }
+        self.recompute(prefix, dest, out);
+    }
+
+    /// Forgets a path removed from a prefix; true (for `found |=`).
+    fn drop_path(&mut self, p: PeerPath) -> bool {
+        let slot = self.peers.slot(p.peer());
+        slot.paths -= 1;
+        if p.stale() {
+            slot.stale -= 1;
+        }
+        self.paths.release(p.path);
+        true
+    }
+
+    fn recompute(&mut self, prefix: IpNet, dest: &mut Dest, out: &mut Vec<Change>) {
+        multipath(
+            dest.paths.as_slice(),
+            &self.paths,
+            &self.peers,
+            self.max_paths,
+            &mut self.hops,
+        );
+        let new = (!self.hops.is_empty()).then(|| self.set_id());
+        if new == dest.best {
+            if let Some(id) = new {
+                self.sets.release(id);
+            }
+            return;
+        }
+        if let Some(old) = std::mem::replace(&mut dest.best, new) {
+            self.sets.release(old);
+        }
+        let next_hops = new
+            .and_then(|id| self.sets.get(id))
+            .unwrap_or(&self.empty)
+            .clone();
+        out.push(Change { prefix, next_hops });
+    }
+
+    /// The interned id of the set in `hops`, with one more reference.
+    fn set_id(&mut self) -> Id {
+        if let Some(id) = self.last_set {
+            if self.sets.get(id).is_some_and(|s| **s == self.hops[..]) {
+                self.sets.acquire(id);
+                return id;
+            }
+        }
+        let id = self.sets.intern_with(&self.hops[..], |h| Arc::from(h));
+        self.last_set = Some(id);
+        id
+    }
+}
+
+/// The next hops of every path equal to the best, sorted, deduplicated, into
+/// `hops`.
+fn multipath(
+    paths: &[PeerPath],
+    table: &Interner<Path>,
+    peers: &Peers,
+    max: usize,
+    hops: &mut Vec<IpAddr>,
+) {
+    hops.clear();
+    let cands = || {
+        paths.iter().filter_map(|p| {
+            let peer = peers.slots.get(p.peer() as usize)?.addr;
+            Some((peer, table.get(p.path)?))
+        })
+    };
+    if let [_] = paths {
+        hops.extend(cands().map(|(_, p)| p.next_hop));
+        return;
+    }
+    let Some(best) = cands()
+        .map(|(peer, p)| (p.rank(), p.med, p.neighbor_as, p.peer_id, peer))
         .min_by(|a, b| {
             a.0.cmp(&b.0)
                 // MED only between paths from the same neighbour AS (§9.1.2.2 c).
@@ -229,18 +549,19 @@ fn multipath(paths: &[(IpAddr, Path)], max: usize) -> Vec<IpAddr> {
                 .then_with(|| a.4.cmp(&b.4))
         })
     else {
-        return Vec::new();
+        return;
     };
     let (best_rank, best_med, best_as, ..) = best;
-    let mut hops: Vec<IpAddr> = paths
-        .iter()
-        .filter(|(_, p)| p.rank() == best_rank && (p.neighbor_as != best_as || p.med == best_med))
-        .map(|(_, p)| p.next_hop)
-        .collect();
+    hops.extend(
+        cands()
+            .filter(|(_, p)| {
+                p.rank() == best_rank && (p.neighbor_as != best_as || p.med == best_med)
+            })
+            .map(|(_, p)| p.next_hop),
+    );
     hops.sort();
     hops.dedup();
     hops.truncate(max);
-    hops
 }
 
 #[cfg(test)]
@@ -265,6 +586,9 @@ mod tests {
     fn default() -> IpNet {
         "0.0.0.0/0".parse().expect("prefix")
     }
+    fn hops(rib: &Rib) -> Vec<IpAddr> {
+        rib.next_hops(default()).map_or(vec![], |n| n.to_vec())
+    }
 
     #[test]
     fn two_equal_routers_give_one_route_with_both_next_hops() {
@@ -283,7 +607,7 @@ mod tests {
             &mut out,
         );
         assert_eq!(
-            out.last().map(|c| c.next_hops.clone()),
+            out.last().map(|c| c.next_hops.to_vec()),
             Some(vec![ip("192.168.100.20"), ip("192.168.100.21")])
         );
     }
@@ -295,7 +619,7 @@ mod tests {
         rib.announce(ip("10.0.0.1"), default(), path("10.0.0.1", 1), &mut out);
         rib.announce(ip("10.0.0.2"), default(), path("10.0.0.2", 2), &mut out);
         assert_eq!(out.len(), 1, "the longer path changes nothing: {out:?}");
-        assert_eq!(rib.installed()[&default()], vec![ip("10.0.0.1")]);
+        assert_eq!(hops(&rib), vec![ip("10.0.0.1")]);
     }
 
     #[test]
@@ -310,7 +634,7 @@ mod tests {
             out,
             vec![Change {
                 prefix: default(),
-                next_hops: vec![ip("10.0.0.2")]
+                next_hops: vec![ip("10.0.0.2")].into()
             }]
         );
         out.clear();
@@ -319,10 +643,10 @@ mod tests {
             out,
             vec![Change {
                 prefix: default(),
-                next_hops: vec![]
+                next_hops: vec![].into()
             }]
         );
-        assert!(rib.installed().is_empty());
+        assert_eq!(rib.installed_len(), 0);
     }
 
     #[test]
@@ -342,7 +666,7 @@ mod tests {
         a.local_pref = 200;
         rib.announce(ip("10.0.0.1"), default(), a, &mut out);
         rib.announce(ip("10.0.0.2"), default(), path("10.0.0.2", 1), &mut out);
-        assert_eq!(rib.installed()[&default()], vec![ip("10.0.0.1")]);
+        assert_eq!(hops(&rib), vec![ip("10.0.0.1")]);
     }
 
     #[test]
@@ -353,7 +677,7 @@ mod tests {
         a.med = 50;
         rib.announce(ip("10.0.0.1"), default(), a, &mut out);
         rib.announce(ip("10.0.0.2"), default(), path("10.0.0.2", 1), &mut out);
-        assert_eq!(rib.installed()[&default()], vec![ip("10.0.0.2")]);
+        assert_eq!(hops(&rib), vec![ip("10.0.0.2")]);
     }
 
     #[test]
@@ -376,10 +700,10 @@ mod tests {
             out,
             vec![Change {
                 prefix: other,
-                next_hops: vec![]
+                next_hops: vec![].into()
             }]
         );
-        assert_eq!(rib.installed()[&default()].len(), 2);
+        assert_eq!(hops(&rib).len(), 2);
     }
 
     #[test]
@@ -390,6 +714,89 @@ mod tests {
             let a = format!("10.0.0.{i}");
             rib.announce(ip(&a), default(), path(&a, 1), &mut out);
         }
-        assert_eq!(rib.installed()[&default()].len(), 2);
+        assert_eq!(hops(&rib).len(), 2);
+    }
+
+    fn host(i: u32) -> IpNet {
+        IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0a80_0000 + i), 32).expect("len"))
+    }
+
+    /// What a /32 costs in the table is its slot: no allocation of its own.
+    #[test]
+    fn a_prefix_entry_is_small() {
+        assert!(
+            std::mem::size_of::<Dest>() <= 24,
+            "{}",
+            std::mem::size_of::<Dest>()
+        );
+        assert_eq!(std::mem::size_of::<PeerPath>(), 8);
+    }
+
+    /// The prefixes of one UPDATE share one stored path and one next-hop set.
+    #[test]
+    fn one_update_shares_its_path_and_set() {
+        let mut rib = Rib::new(8);
+        let mut out = Vec::new();
+        rib.announce_all(
+            ip("10.0.0.1"),
+            path("10.0.0.1", 1),
+            (0..1000).map(host),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1000);
+        assert!(out
+            .iter()
+            .all(|c| Arc::ptr_eq(&c.next_hops, &out[0].next_hops)));
+        assert_eq!((rib.t.paths.len(), rib.t.sets.len()), (1, 1));
+        assert_eq!(rib.received_from(ip("10.0.0.1")), 1000);
+        out.clear();
+        rib.withdraw_all(ip("10.0.0.1"), (0..1000).map(host), &mut out);
+        assert_eq!(out.len(), 1000);
+        assert!(out.iter().all(|c| c.next_hops.is_empty()));
+        assert_eq!((rib.t.paths.len(), rib.t.sets.len()), (0, 0));
+        assert_eq!(rib.received_from(ip("10.0.0.1")), 0);
+        assert!(rib.dests.is_empty());
+    }
+
+    /// A restart marks only that peer's paths stale; announcing one again
+    /// refreshes it; the sweep removes the rest, and a peer down after it
+    /// removes what the peer still has.
+    #[test]
+    fn stale_marks_are_per_peer_and_per_path() {
+        let mut rib = Rib::new(8);
+        let mut out = Vec::new();
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        rib.announce_all(a, path("10.0.0.1", 1), (0..10).map(host), &mut out);
+        rib.announce_all(b, path("10.0.0.2", 1), (0..5).map(host), &mut out);
+        rib.peer_restarting(a);
+        rib.peer_restarting(a);
+        assert_eq!((rib.stale_count(a), rib.stale_count(b)), (10, 0));
+        rib.announce_all(a, path("10.0.0.1", 1), (0..3).map(host), &mut out);
+        assert_eq!(rib.stale_count(a), 7);
+        out.clear();
+        rib.sweep_stale(a, Some(false), &mut out);
+        assert_eq!(rib.stale_count(a), 0);
+        assert_eq!(rib.received_from(a), 3);
+        // 3..5 fall back to b alone, 5..10 go.
+        assert_eq!(out.len(), 7);
+        assert_eq!(out.iter().filter(|c| c.next_hops.is_empty()).count(), 5);
+        assert_eq!(rib.installed_len(), 5);
+        out.clear();
+        rib.peer_down(b, &mut out);
+        assert_eq!(rib.installed_len(), 3);
+        assert_eq!(rib.received_from(b), 0);
+    }
+
+    /// A gone peer's index is reused by the next, which inherits nothing.
+    #[test]
+    fn peer_indexes_are_reused() {
+        let mut rib = Rib::new(8);
+        let mut out = Vec::new();
+        rib.announce(ip("10.0.0.1"), default(), path("10.0.0.1", 1), &mut out);
+        rib.peer_down(ip("10.0.0.1"), &mut out);
+        rib.announce(ip("10.0.0.2"), default(), path("10.0.0.2", 1), &mut out);
+        assert_eq!(rib.t.peers.slots.len(), 1);
+        assert_eq!(rib.received_from(ip("10.0.0.1")), 0);
+        assert_eq!(hops(&rib), vec![ip("10.0.0.2")]);
     }
 }

@@ -18,12 +18,26 @@
 //! stop the others: the route is installed with the next hops that work, the
 //! error is recorded for the prefix (see [`FibSync::snapshot`]) and retried on
 //! the next link/address event or resync.
+//!
+//! # At the router's scale
+//!
+//! One /32 per VM makes 100k routes and more. Per prefix the task keeps one
+//! table slot of 40 bytes: each owner's next-hop set and the installed one
+//! are 4-byte ids of interned sets ([`NextHops`], one per distinct set, shared
+//! with whoever sent it), errors live in a map of their own, and the dirty
+//! queue is a flag plus a vector. A burst goes to the kernel one datagram at
+//! a time, written directly ([`crate::netlink::Chunk`]); the notifications it
+//! causes are dropped by a socket filter before they reach the event socket
+//! (see [`crate::netlink`]); a resync reads its dump a datagram at a time.
 
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
     time::Duration,
 };
+
+use hagw_table::{FastMap, Id, Interner, PrefixMap};
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
@@ -33,9 +47,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     netlink::{
-        build_delete, build_delete_exact, build_route,
+        build_delete_exact, build_route,
         events::{self, Event},
-        parse_route, KernelRoute, Nexthop, NlError, NlSocket, Request, RT_TABLE_MAIN,
+        parse_route, Chunk, KernelRoute, Nexthop, NlError, NlSocket, Request, RT_TABLE_MAIN,
     },
     reconcile::{self, Handle, Reconciler},
     KernelError, RTPROT_HAGW,
@@ -132,8 +146,31 @@ pub enum RouteOwner {
     Static,
 }
 
+/// Wishes per prefix: one per owner, then the route a previous run left
+/// (graceful restart), which any owner's wish replaces.
+const WISHES: usize = 5;
+const STALE_WISH: usize = 4;
+
+impl RouteOwner {
+    /// Its wish's place in [`Entry::wishes`]: the order of preference.
+    fn slot(self) -> usize {
+        match self {
+            RouteOwner::Bgp => 0,
+            RouteOwner::Vnet => 1,
+            RouteOwner::Vrrp => 2,
+            RouteOwner::Static => 3,
+        }
+    }
+}
+
+/// A next-hop set as given to [`FibSync::set_routes`]: one allocation shared
+/// by every prefix that has it.
+pub type NextHops = Arc<[Nexthop]>;
+
 pub enum Cmd {
     Set(RouteOwner, IpNet, Vec<Nexthop>),
+    /// Many prefixes, one set (one UPDATE's worth).
+    SetMany(RouteOwner, Vec<IpNet>, NextHops),
     PurgeStale,
 }
 
@@ -154,6 +191,12 @@ impl FibSync {
     pub async fn start(cfg: FibConfig) -> Result<FibSync, KernelError> {
         let events = events::open()?;
         let sock = NlSocket::open(0)?;
+        // Our own installs need no echo: a burst of them would overrun the
+        // event socket. Best effort: without the filter they are dropped
+        // after reading instead (events::decode_skipping_own).
+        if let Err(e) = events.drop_echoes_of(sock.portid()) {
+            warn!(error = %e, "cannot filter our own route notifications");
+        }
         let mut st = State::new(cfg, sock);
         for s in st.cfg.statics.clone() {
             st.set(RouteOwner::Static, s.prefix, vec![Nexthop::new(s.via)]);
@@ -178,6 +221,15 @@ impl FibSync {
         self.h.send(Cmd::Set(owner, prefix, nexthops));
     }
 
+    /// [`FibSync::set_route`] for many prefixes with the same next hops, in
+    /// one message: a BGP UPDATE's prefixes share their set, and the task
+    /// keeps the set once.
+    pub fn set_routes(&self, owner: RouteOwner, prefixes: Vec<IpNet>, nexthops: NextHops) {
+        if !prefixes.is_empty() {
+            self.h.send(Cmd::SetMany(owner, prefixes, nexthops));
+        }
+    }
+
     /// What the task believes is in the kernel: prefix, installed next hops,
     /// last error. Pending changes are applied first.
     pub async fn snapshot(&self) -> Vec<SnapshotEntry> {
@@ -197,24 +249,32 @@ impl FibSync {
     }
 }
 
+/// One prefix: ids of interned next-hop sets (none: no wish, no route).
 #[derive(Debug, Default)]
 struct Entry {
-    /// Every owner's wish, most preferred first (empty sets are not kept).
-    owners: Vec<(RouteOwner, Vec<Nexthop>)>,
-    /// The first owner's next hops: sorted, deduplicated, truncated. Empty:
-    /// the route should not exist.
-    desired: Vec<Nexthop>,
-    /// What we believe the kernel has (empty: no route of ours).
-    installed: Vec<Nexthop>,
-    error: Option<String>,
-    /// Left by a previous run, kept for graceful restart.
-    stale: bool,
+    /// Each owner's wish in the order of preference, then the stale route
+    /// kept from a previous run. The first is the desired set; there is
+    /// none when the route should not exist.
+    wishes: [Option<Id>; WISHES],
+    /// What we believe the kernel has.
+    installed: Option<Id>,
+    /// Queued in [`State::dirty`].
+    dirty: bool,
+    /// Found in the kernel by the resync in progress.
+    seen: bool,
+}
+
+impl Entry {
+    fn desired(&self) -> Option<Id> {
+        self.wishes.iter().flatten().next().copied()
+    }
 }
 
 enum Op {
     Replace {
         prefix: IpNet,
-        nexthops: Vec<Nexthop>,
+        /// The set written (one reference held until the answer).
+        set: Id,
         excl: bool,
     },
     Delete(IpNet),
@@ -224,15 +284,19 @@ enum Op {
 struct State {
     cfg: FibConfig,
     sock: NlSocket,
-    routes: HashMap<IpNet, Entry>,
-    dirty: HashSet<IpNet>,
-    errored: HashSet<IpNet>,
+    routes: PrefixMap<Entry>,
+    sets: Interner<NextHops>,
+    /// The last error per prefix (few: kept apart from the entries).
+    errors: FastMap<IpNet, String>,
+    /// Prefixes to apply; an entry's `dirty` flag keeps each once.
+    dirty: Vec<IpNet>,
     /// Foreign default routes to delete (DhcpDefault::Remove).
     foreign_del: Vec<KernelRoute>,
     resync_at: Option<Instant>,
     /// The first event-socket overrun not yet followed by a resync.
     overrun_since: Option<Instant>,
     warned: HashSet<String>,
+    chunk: Chunk,
 }
 
 /// Errors worth remembering per next hop within one apply pass (the next hop
@@ -253,20 +317,24 @@ fn is_link_local(a: &IpAddr) -> bool {
     }
 }
 
+/// Why `nh` cannot be a next hop of `prefix`, if it cannot.
+fn unusable(prefix: IpNet, nh: &Nexthop) -> Option<&'static str> {
+    match (prefix, nh.addr) {
+        (IpNet::V6(_), IpAddr::V4(_)) => Some("IPv4 next hop for an IPv6 prefix"),
+        (_, IpAddr::V6(_)) if is_link_local(&nh.addr) && nh.ifindex.is_none() => {
+            Some("link-local next hop needs an interface index")
+        }
+        _ => None,
+    }
+}
+
 /// Next hops usable for `prefix` (family, link-local needs an interface),
 /// and the reasons for the others.
 fn usable_nexthops(prefix: IpNet, nhs: &[Nexthop]) -> (Vec<Nexthop>, Vec<String>) {
     let mut ok = Vec::new();
     let mut errs = Vec::new();
     for nh in nhs {
-        let reason = match (prefix, nh.addr) {
-            (IpNet::V6(_), IpAddr::V4(_)) => Some("IPv4 next hop for an IPv6 prefix"),
-            (_, IpAddr::V6(_)) if is_link_local(&nh.addr) && nh.ifindex.is_none() => {
-                Some("link-local next hop needs an interface index")
-            }
-            _ => None,
-        };
-        match reason {
+        match unusable(prefix, nh) {
             Some(r) => errs.push(
                 KernelError::InvalidNexthop {
                     prefix,
@@ -289,29 +357,92 @@ fn join_errors(errs: Vec<String>) -> Option<String> {
     (!errs.is_empty()).then(|| errs.join("; "))
 }
 
+/// The next hops of a set id (none: no next hops).
+fn hops_of(sets: &Interner<NextHops>, id: Option<Id>) -> &[Nexthop] {
+    id.and_then(|id| sets.get(id)).map_or(&[], |s| &s[..])
+}
+
+/// Sorted, deduplicated, at most `max` (0: no limit).
+fn normalized(nhs: &mut Vec<Nexthop>, max: usize) {
+    nhs.sort();
+    nhs.dedup();
+    if max > 0 {
+        nhs.truncate(max);
+    }
+}
+
 impl State {
     fn new(cfg: FibConfig, sock: NlSocket) -> Self {
         State {
             cfg,
             sock,
-            routes: HashMap::new(),
-            dirty: HashSet::new(),
-            errored: HashSet::new(),
+            routes: PrefixMap::new(),
+            sets: Interner::new(),
+            errors: FastMap::default(),
+            dirty: Vec::new(),
             foreign_del: Vec::new(),
             resync_at: None,
             overrun_since: None,
             warned: HashSet::new(),
+            chunk: Chunk::new(),
+        }
+    }
+
+    /// The next hops of a set id (none: no next hops).
+    fn hops(&self, id: Option<Id>) -> &[Nexthop] {
+        hops_of(&self.sets, id)
+    }
+
+    /// The id of `nhs` (empty: None), with one more reference.
+    fn intern(&mut self, nhs: &[Nexthop]) -> Option<Id> {
+        (!nhs.is_empty()).then(|| self.sets.intern_with(nhs, |s| Arc::from(s)))
+    }
+
+    /// Replaces the set an entry believes installed.
+    fn set_installed(&mut self, prefix: IpNet, id: Option<Id>) {
+        match self.routes.get_mut(&prefix) {
+            Some(e) => {
+                if let Some(old) = std::mem::replace(&mut e.installed, id) {
+                    self.sets.release(old);
+                }
+            }
+            None => {
+                if let Some(id) = id {
+                    self.sets.release(id);
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, prefix: IpNet) {
+        if let Some(e) = self.routes.get_mut(&prefix) {
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(prefix);
+            }
+        }
+    }
+
+    /// Forgets an entry that has no wish, no route and no error.
+    fn remove_if_idle(&mut self, prefix: IpNet) {
+        if self.routes.get(&prefix).is_some_and(|e| {
+            e.desired().is_none() && e.installed.is_none() && !self.errors.contains_key(&prefix)
+        }) {
+            self.routes.remove(&prefix);
         }
     }
 
     fn set_error(&mut self, prefix: IpNet, error: Option<String>) {
-        if let Some(e) = self.routes.get_mut(&prefix) {
-            if error.is_some() {
-                self.errored.insert(prefix);
-            } else {
-                self.errored.remove(&prefix);
+        if !self.routes.contains(&prefix) {
+            return;
+        }
+        match error {
+            Some(e) => {
+                self.errors.insert(prefix, e);
             }
-            e.error = error;
+            None => {
+                self.errors.remove(&prefix);
+            }
         }
     }
 
@@ -322,48 +453,74 @@ impl State {
 
     /// Records `owner`'s wish for `prefix`.
     fn set(&mut self, owner: RouteOwner, prefix: IpNet, mut nexthops: Vec<Nexthop>) {
+        normalized(&mut nexthops, self.cfg.max_paths);
+        let id = self.intern(&nexthops);
+        self.set_id(owner, prefix, id);
+    }
+
+    /// Records `owner`'s wish for each of `prefixes`: one set.
+    fn set_many(&mut self, owner: RouteOwner, prefixes: Vec<IpNet>, nexthops: NextHops) {
+        let max = self.cfg.max_paths;
+        let ready = nexthops.windows(2).all(|w| w[0] < w[1]) && (max == 0 || nexthops.len() <= max);
+        let id = if nexthops.is_empty() {
+            None
+        } else if ready {
+            Some(self.sets.intern(nexthops))
+        } else {
+            let mut v = nexthops.to_vec();
+            normalized(&mut v, max);
+            self.intern(&v)
+        };
+        for p in prefixes {
+            if let Some(id) = id {
+                self.sets.acquire(id);
+            }
+            self.set_id(owner, p, id);
+        }
+        if let Some(id) = id {
+            self.sets.release(id);
+        }
+    }
+
+    /// Records `owner`'s wish `id` (whose reference it takes) for `prefix`.
+    fn set_id(&mut self, owner: RouteOwner, prefix: IpNet, id: Option<Id>) {
         let prefix = prefix.trunc();
-        nexthops.sort();
-        nexthops.dedup();
-        if self.cfg.max_paths > 0 {
-            nexthops.truncate(self.cfg.max_paths);
+        let e = self.routes.get_or_insert_with(prefix, Entry::default);
+        let old = std::mem::replace(&mut e.wishes[owner.slot()], id);
+        // A wish takes over a route left by a previous run.
+        let stale = e.wishes[STALE_WISH].take();
+        let (want, installed) = (e.desired(), e.installed);
+        for gone in [old, stale].into_iter().flatten() {
+            self.sets.release(gone);
         }
-        let e = self.routes.entry(prefix).or_default();
-        e.stale = false;
-        match e.owners.iter().position(|(o, _)| *o == owner) {
-            Some(i) if nexthops.is_empty() => {
-                e.owners.remove(i);
-            }
-            Some(i) => e.owners[i].1 = nexthops,
-            None if nexthops.is_empty() => {}
-            None => {
-                e.owners.push((owner, nexthops));
-                e.owners.sort_by_key(|(o, _)| *o);
-            }
-        }
-        let want = e.owners.first().map(|(_, n)| n.as_slice()).unwrap_or(&[]);
-        if e.desired == want && e.installed == want && e.error.is_none() {
+        if want == installed && !self.errors.contains_key(&prefix) {
             return;
         }
-        if want.is_empty() && e.installed.is_empty() {
+        if want.is_none() && installed.is_none() {
             self.routes.remove(&prefix);
-            self.errored.remove(&prefix);
+            self.errors.remove(&prefix);
             return;
         }
-        e.desired = want.to_vec();
-        self.dirty.insert(prefix);
+        self.mark_dirty(prefix);
     }
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Set(o, p, nhs) => self.set(o, p, nhs),
+            Cmd::SetMany(o, ps, nhs) => self.set_many(o, ps, nhs),
             Cmd::PurgeStale => {
-                for (p, e) in &mut self.routes {
-                    if e.stale {
-                        e.stale = false;
-                        e.desired.clear();
-                        self.dirty.insert(*p);
+                let mut purged = Vec::new();
+                for (p, e) in self.routes.iter_mut() {
+                    if let Some(id) = e.wishes[STALE_WISH].take() {
+                        purged.push(id);
+                        if !e.dirty {
+                            e.dirty = true;
+                            self.dirty.push(p);
+                        }
                     }
+                }
+                for id in purged {
+                    self.sets.release(id);
                 }
             }
         }
@@ -375,9 +532,9 @@ impl State {
             .iter()
             .map(|(p, e)| {
                 (
-                    *p,
-                    e.installed.iter().map(|n| n.addr).collect(),
-                    e.error.clone(),
+                    p,
+                    self.hops(e.installed).iter().map(|n| n.addr).collect(),
+                    self.errors.get(&p).cloned(),
                 )
             })
             .collect();
@@ -420,56 +577,48 @@ impl State {
     /// Dumps the kernel routes and compares: hagw routes that differ from
     /// what we believe are re-applied, strays are deleted (kept as stale at
     /// start with `keep_stale`), foreign defaults are handled, errored
-    /// prefixes are retried.
+    /// prefixes are retried. The dump is read a datagram at a time.
     async fn resync(&mut self, initial: bool) -> std::io::Result<()> {
-        let dump = self.sock.dump_routes().await?;
-        let mut seen = HashSet::new();
+        for (_, e) in self.routes.iter_mut() {
+            e.seen = false;
+        }
         let mut strays = Vec::new();
-        for msg in dump {
-            let Some(r) = parse_route(msg) else { continue };
-            if self.is_ours(&r) {
-                let keep = match self.routes.get_mut(&r.prefix) {
-                    Some(e)
-                        if r.metric == self.cfg.metric && (!e.desired.is_empty() || e.stale) =>
-                    {
-                        seen.insert(r.prefix);
-                        if !same_nexthops(&e.installed, &r.nexthops) || e.installed.is_empty() {
-                            e.installed = r.nexthops.clone();
-                            self.dirty.insert(r.prefix);
-                        }
-                        true
-                    }
-                    None if initial && self.cfg.keep_stale && r.metric == self.cfg.metric => {
-                        seen.insert(r.prefix);
-                        self.routes.insert(
-                            r.prefix,
-                            Entry {
-                                owners: Vec::new(),
-                                desired: r.nexthops.clone(),
-                                installed: r.nexthops.clone(),
-                                error: None,
-                                stale: true,
-                            },
-                        );
-                        true
-                    }
-                    _ => false,
+        let mut req = netlink_packet_route::route::RouteMessage::default();
+        req.header.address_family = netlink_packet_route::AddressFamily::Unspec;
+        self.sock
+            .dump_start(RouteNetlinkMessage::GetRoute(req))
+            .await?;
+        while let Some(msgs) = self.sock.dump_next().await? {
+            for msg in msgs {
+                let RouteNetlinkMessage::NewRoute(m) = msg else {
+                    continue;
                 };
-                if !keep {
-                    strays.push(r);
+                let Some(r) = parse_route(m) else { continue };
+                if self.is_ours(&r) {
+                    if !self.resync_ours(&r, initial) {
+                        strays.push(r);
+                    }
+                } else if self.is_foreign_default(&r) {
+                    self.foreign_default(r);
                 }
-            } else if self.is_foreign_default(&r) {
-                self.foreign_default(r);
             }
         }
-        for (p, e) in &mut self.routes {
-            if !seen.contains(p) && !e.installed.is_empty() {
+        let mut missing = Vec::new();
+        for (p, e) in self.routes.iter_mut() {
+            if !e.seen && e.installed.is_some() {
                 debug!(prefix = %p, "route missing from the kernel");
-                e.installed.clear();
+                missing.extend(e.installed.take());
             }
-            if !e.desired.is_empty() && (e.installed.is_empty() || e.error.is_some()) {
-                self.dirty.insert(*p);
+            if e.desired().is_some()
+                && (e.installed.is_none() || self.errors.contains_key(&p))
+                && !e.dirty
+            {
+                e.dirty = true;
+                self.dirty.push(p);
             }
+        }
+        for id in missing {
+            self.sets.release(id);
         }
         if !strays.is_empty() {
             info!(count = strays.len(), "removing stray hagw routes");
@@ -492,133 +641,178 @@ impl State {
         Ok(())
     }
 
+    /// One of our routes found by a resync: false if it is a stray.
+    fn resync_ours(&mut self, r: &KernelRoute, initial: bool) -> bool {
+        if r.metric != self.cfg.metric {
+            return false;
+        }
+        match self.routes.get(&r.prefix) {
+            Some(e) if e.desired().is_some() => {
+                let differs =
+                    e.installed.is_none() || !same_nexthops(self.hops(e.installed), &r.nexthops);
+                if differs {
+                    let id = self.intern(&r.nexthops);
+                    self.set_installed(r.prefix, id);
+                    self.mark_dirty(r.prefix);
+                }
+                if let Some(e) = self.routes.get_mut(&r.prefix) {
+                    e.seen = true;
+                }
+                true
+            }
+            None if initial && self.cfg.keep_stale => {
+                let Some(id) = self.intern(&r.nexthops) else {
+                    return false;
+                };
+                self.sets.acquire(id);
+                let mut e = Entry {
+                    installed: Some(id),
+                    seen: true,
+                    ..Entry::default()
+                };
+                e.wishes[STALE_WISH] = Some(id);
+                self.routes.insert(r.prefix, e);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Applies all dirty prefixes and pending foreign deletions.
     async fn apply(&mut self) {
         for _round in 0..4 {
             if self.dirty.is_empty() && self.foreign_del.is_empty() {
-                return;
+                break;
             }
             if let Err(e) = self.apply_once().await {
                 error!(error = %e, "netlink request socket failed; retrying in 1 s");
                 self.schedule_resync(Duration::from_secs(1));
-                return;
+                break;
             }
+        }
+        // A burst's queue is not kept for the next.
+        if self.dirty.is_empty() && self.dirty.capacity() > 4096 {
+            self.dirty = Vec::new();
         }
     }
 
-    async fn apply_once(&mut self) -> std::io::Result<()> {
-        let prefixes: Vec<IpNet> = self.dirty.drain().collect();
+    /// What applying `p` needs: an op written into the chunk, or nothing.
+    fn plan(&mut self, p: IpNet, ops: &mut Vec<Op>, verrs: &mut HashMap<IpNet, Vec<String>>) {
         let (table, proto, metric) = (self.cfg.table, self.cfg.protocol, self.cfg.metric);
-        let mut reqs = Vec::with_capacity(prefixes.len());
-        let mut ops = Vec::with_capacity(prefixes.len());
-        let mut verrs = HashMap::new();
-        for p in prefixes {
-            let Some(e) = self.routes.get(&p) else {
-                continue;
-            };
-            let (usable, errs) = usable_nexthops(p, &e.desired);
-            if usable.is_empty() {
-                if !errs.is_empty() {
-                    verrs.insert(p, errs);
-                }
-                if e.installed.is_empty() {
-                    let err = verrs.remove(&p).and_then(join_errors);
-                    self.set_error(p, err);
-                    if self
-                        .routes
-                        .get(&p)
-                        .is_some_and(|e| e.desired.is_empty() && e.error.is_none())
-                    {
-                        self.routes.remove(&p);
-                    }
-                } else {
-                    reqs.push(Request {
-                        msg: RouteNetlinkMessage::DelRoute(build_delete(p, table, proto, metric)),
-                        flags: 0,
-                    });
-                    ops.push(Op::Delete(p));
-                }
-                continue;
-            }
-            if same_nexthops(&usable, &e.installed) && usable.len() == e.desired.len() {
-                self.set_error(p, join_errors(errs));
-                continue;
-            }
+        let Some(e) = self.routes.get_mut(&p) else {
+            return;
+        };
+        if !std::mem::take(&mut e.dirty) {
+            return;
+        }
+        let (desired, installed) = (e.desired(), e.installed);
+        let want = hops_of(&self.sets, desired);
+        // Nearly always every next hop is usable: no copy then.
+        let (usable, errs, usable_id) = if want.iter().all(|n| unusable(p, n).is_none()) {
+            (None, Vec::new(), desired)
+        } else {
+            let (ok, errs) = usable_nexthops(p, want);
+            (Some(ok), errs, None)
+        };
+        let usable_hops = usable.as_deref().unwrap_or(want);
+        if usable_hops.is_empty() {
             if !errs.is_empty() {
                 verrs.insert(p, errs);
             }
-            let excl = e.installed.is_empty();
-            reqs.push(Request {
-                msg: RouteNetlinkMessage::NewRoute(build_route(p, table, proto, metric, &usable)),
-                flags: NLM_F_CREATE | if excl { NLM_F_EXCL } else { NLM_F_REPLACE },
-            });
-            ops.push(Op::Replace {
-                prefix: p,
-                nexthops: usable,
-                excl,
-            });
+            if installed.is_none() {
+                let err = verrs.remove(&p).and_then(join_errors);
+                self.set_error(p, err);
+                self.remove_if_idle(p);
+            } else {
+                self.chunk.push_route(p, table, proto, metric, &[], 0);
+                ops.push(Op::Delete(p));
+            }
+            return;
         }
-        for r in std::mem::take(&mut self.foreign_del) {
-            reqs.push(Request {
-                msg: RouteNetlinkMessage::DelRoute(build_delete_exact(&r)),
-                flags: 0,
-            });
-            ops.push(Op::Foreign(r.to_string()));
+        if same_nexthops(usable_hops, hops_of(&self.sets, installed))
+            && usable_hops.len() == want.len()
+        {
+            self.set_error(p, join_errors(errs));
+            return;
         }
-        if reqs.is_empty() {
-            return Ok(());
+        if !errs.is_empty() {
+            verrs.insert(p, errs);
         }
-        let t0 = std::time::Instant::now();
-        let n = reqs.len();
-        let results = self.sock.batch(reqs).await?;
-        debug!(requests = n, elapsed = ?t0.elapsed(), "applied batch");
+        // The set to install, held by the op until the kernel answers.
+        let set = match (usable_id, usable) {
+            (Some(id), _) => {
+                self.sets.acquire(id);
+                id
+            }
+            (None, Some(ok)) => match self.intern(&ok) {
+                Some(id) => id,
+                None => return,
+            },
+            (None, None) => return,
+        };
+        let excl = installed.is_none();
+        let flags = NLM_F_CREATE | if excl { NLM_F_EXCL } else { NLM_F_REPLACE };
+        self.chunk.push_route(
+            p,
+            table,
+            proto,
+            metric,
+            hops_of(&self.sets, Some(set)),
+            flags,
+        );
+        ops.push(Op::Replace {
+            prefix: p,
+            set,
+            excl,
+        });
+    }
 
+    async fn apply_once(&mut self) -> std::io::Result<()> {
+        let prefixes = std::mem::take(&mut self.dirty);
+        let mut verrs = HashMap::new();
         let mut exists = Vec::new();
         let mut slow = Vec::new();
-        for (op, res) in ops.into_iter().zip(results) {
-            match op {
-                Op::Replace {
-                    prefix,
-                    nexthops,
-                    excl,
-                } => match res {
-                    Ok(()) => {
-                        if let Some(e) = self.routes.get_mut(&prefix) {
-                            e.installed = nexthops;
+        let mut ops = Vec::new();
+        let mut next = prefixes.into_iter();
+        let mut foreign = std::mem::take(&mut self.foreign_del).into_iter();
+        loop {
+            // One datagram's worth at a time: a burst never holds more.
+            while !self.chunk.is_full() {
+                if let Some(p) = next.next() {
+                    self.plan(p, &mut ops, &mut verrs);
+                } else if let Some(r) = foreign.next() {
+                    self.chunk
+                        .push(RouteNetlinkMessage::DelRoute(build_delete_exact(&r)), 0);
+                    ops.push(Op::Foreign(r.to_string()));
+                } else {
+                    break;
+                }
+            }
+            if ops.is_empty() {
+                break;
+            }
+            let t0 = std::time::Instant::now();
+            let n = ops.len();
+            let results = match self.sock.send_chunk(&mut self.chunk).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Unsent: apply those again later.
+                    for op in ops.drain(..) {
+                        self.abandon(op);
+                    }
+                    for p in next {
+                        // Not planned yet: still flagged.
+                        if self.routes.get(&p).is_some_and(|e| e.dirty) {
+                            self.dirty.push(p);
                         }
-                        let err = verrs.remove(&prefix).and_then(join_errors);
-                        self.set_error(prefix, err);
                     }
-                    Err(e) if e.errno == nix::libc::EEXIST && excl => exists.push(prefix),
-                    Err(e) if e.errno == nix::libc::ENOBUFS || e.errno == nix::libc::ETIMEDOUT => {
-                        self.dirty.insert(prefix);
-                        self.schedule_resync(Duration::from_millis(200));
-                    }
-                    Err(_) => slow.push(prefix),
-                },
-                Op::Delete(prefix) => match res {
-                    Ok(()) => self.deleted(prefix, verrs.remove(&prefix)),
-                    Err(e) if e.errno == nix::libc::ESRCH => {
-                        self.deleted(prefix, verrs.remove(&prefix))
-                    }
-                    Err(e) => {
-                        let msg = KernelError::Route {
-                            op: "delete",
-                            prefix,
-                            errno: e.errno,
-                            msg: e.to_string(),
-                        };
-                        warn!(error = %msg);
-                        self.set_error(prefix, Some(msg.to_string()));
-                    }
-                },
-                Op::Foreign(desc) => match res {
-                    Ok(()) => info!(route = %desc, "removed foreign default route"),
-                    Err(e) if e.errno == nix::libc::ESRCH => {}
-                    Err(e) => {
-                        warn!(route = %desc, error = %e, "cannot remove foreign default route")
-                    }
-                },
+                    self.foreign_del.extend(foreign);
+                    return Err(e);
+                }
+            };
+            debug!(requests = n, elapsed = ?t0.elapsed(), "applied batch");
+            for (op, res) in ops.drain(..).zip(results) {
+                self.on_result(op, res, &mut verrs, &mut exists, &mut slow);
             }
         }
         if !exists.is_empty() {
@@ -632,28 +826,95 @@ impl State {
         Ok(())
     }
 
+    /// An op whose request was never answered: its prefix is applied again.
+    fn abandon(&mut self, op: Op) {
+        match op {
+            Op::Replace { prefix, set, .. } => {
+                self.sets.release(set);
+                self.mark_dirty(prefix);
+            }
+            Op::Delete(prefix) => self.mark_dirty(prefix),
+            Op::Foreign(_) => {}
+        }
+    }
+
+    fn on_result(
+        &mut self,
+        op: Op,
+        res: Result<(), NlError>,
+        verrs: &mut HashMap<IpNet, Vec<String>>,
+        exists: &mut Vec<IpNet>,
+        slow: &mut Vec<IpNet>,
+    ) {
+        match op {
+            Op::Replace { prefix, set, excl } => match res {
+                Ok(()) => {
+                    self.set_installed(prefix, Some(set));
+                    let err = verrs.remove(&prefix).and_then(join_errors);
+                    self.set_error(prefix, err);
+                }
+                Err(e) => {
+                    self.sets.release(set);
+                    if e.errno == nix::libc::EEXIST && excl {
+                        exists.push(prefix);
+                    } else if e.errno == nix::libc::ENOBUFS || e.errno == nix::libc::ETIMEDOUT {
+                        self.mark_dirty(prefix);
+                        self.schedule_resync(Duration::from_millis(200));
+                    } else {
+                        slow.push(prefix);
+                    }
+                }
+            },
+            Op::Delete(prefix) => match res {
+                Ok(()) => self.deleted(prefix, verrs.remove(&prefix)),
+                Err(e) if e.errno == nix::libc::ESRCH => {
+                    self.deleted(prefix, verrs.remove(&prefix))
+                }
+                Err(e) => {
+                    let msg = KernelError::Route {
+                        op: "delete",
+                        prefix,
+                        errno: e.errno,
+                        msg: e.to_string(),
+                    };
+                    warn!(error = %msg);
+                    self.set_error(prefix, Some(msg.to_string()));
+                }
+            },
+            Op::Foreign(desc) => match res {
+                Ok(()) => info!(route = %desc, "removed foreign default route"),
+                Err(e) if e.errno == nix::libc::ESRCH => {}
+                Err(e) => {
+                    warn!(route = %desc, error = %e, "cannot remove foreign default route")
+                }
+            },
+        }
+    }
+
     fn deleted(&mut self, prefix: IpNet, verr: Option<Vec<String>>) {
         let err = verr.and_then(join_errors);
-        if let Some(e) = self.routes.get_mut(&prefix) {
-            e.installed.clear();
-            if e.desired.is_empty() && err.is_none() {
-                self.routes.remove(&prefix);
-                self.errored.remove(&prefix);
-                return;
-            }
-        }
+        self.set_installed(prefix, None);
         self.set_error(prefix, err);
+        self.remove_if_idle(prefix);
     }
 
     /// An exclusive create found a route at our metric: if it is ours, adopt
     /// it (and replace it next round); if someone else's, leave it and
     /// record a conflict.
     async fn resolve_exists(&mut self, prefixes: Vec<IpNet>) -> std::io::Result<()> {
-        let dump = self.sock.dump_routes().await?;
         let mut found: HashMap<IpNet, KernelRoute> = HashMap::new();
         let want: HashSet<IpNet> = prefixes.iter().copied().collect();
-        for m in dump {
-            if let Some(r) = parse_route(m) {
+        let mut req = netlink_packet_route::route::RouteMessage::default();
+        req.header.address_family = netlink_packet_route::AddressFamily::Unspec;
+        self.sock
+            .dump_start(RouteNetlinkMessage::GetRoute(req))
+            .await?;
+        while let Some(msgs) = self.sock.dump_next().await? {
+            for m in msgs {
+                let RouteNetlinkMessage::NewRoute(m) = m else {
+                    continue;
+                };
+                let Some(r) = parse_route(m) else { continue };
                 if r.table == self.cfg.table
                     && r.metric == self.cfg.metric
                     && want.contains(&r.prefix)
@@ -671,14 +932,19 @@ impl State {
         for p in prefixes {
             match found.remove(&p) {
                 Some(r) if r.protocol == self.cfg.protocol => {
-                    if let Some(e) = self.routes.get_mut(&p) {
-                        e.installed = if r.nexthops.is_empty() {
-                            e.desired.clone()
-                        } else {
-                            r.nexthops
-                        };
-                    }
-                    self.dirty.insert(p);
+                    let id = match self.routes.get(&p) {
+                        Some(_) if r.nexthops.is_empty() => {
+                            let d = self.routes.get(&p).and_then(Entry::desired);
+                            if let Some(d) = d {
+                                self.sets.acquire(d);
+                            }
+                            d
+                        }
+                        Some(_) => self.intern(&r.nexthops),
+                        None => None,
+                    };
+                    self.set_installed(p, id);
+                    self.mark_dirty(p);
                 }
                 Some(r) => {
                     let msg = format!(
@@ -689,7 +955,7 @@ impl State {
                     self.set_error(p, Some(msg));
                 }
                 None => {
-                    self.dirty.insert(p);
+                    self.mark_dirty(p);
                 }
             }
         }
@@ -710,8 +976,8 @@ impl State {
         let Some(e) = self.routes.get(&p) else {
             return Ok(());
         };
-        let (desired, _) = usable_nexthops(p, &e.desired);
-        let mut kernel_has = e.installed.clone();
+        let (desired, _) = usable_nexthops(p, self.hops(e.desired()));
+        let mut kernel_has = self.hops(e.installed).to_vec();
         let mut good: Vec<Nexthop> = kernel_has
             .iter()
             .filter(|n| desired.contains(n))
@@ -762,23 +1028,20 @@ impl State {
         }
         if good.is_empty() && !kernel_has.is_empty() {
             // None of the desired next hops works: do not leave the old ones.
-            let req = Request {
-                msg: RouteNetlinkMessage::DelRoute(build_delete(p, table, proto, metric)),
-                flags: 0,
-            };
-            match self.sock.request(req).await? {
-                Ok(()) => kernel_has.clear(),
-                Err(e) if e.errno == nix::libc::ESRCH => kernel_has.clear(),
-                Err(e) => errs.push(format!("delete: {e}")),
+            let mut chunk = Chunk::new();
+            chunk.push_route(p, table, proto, metric, &[], 0);
+            match self.sock.send_chunk(&mut chunk).await?.pop() {
+                Some(Ok(())) | None => kernel_has.clear(),
+                Some(Err(e)) if e.errno == nix::libc::ESRCH => kernel_has.clear(),
+                Some(Err(e)) => errs.push(format!("delete: {e}")),
             }
         }
         let err = join_errors(errs);
         if let Some(err) = &err {
             debug!(prefix = %p, installed = good.len(), error = %err, "route installed partially");
         }
-        if let Some(e) = self.routes.get_mut(&p) {
-            e.installed = kernel_has;
-        }
+        let id = self.intern(&kernel_has);
+        self.set_installed(p, id);
         self.set_error(p, err);
         Ok(())
     }
@@ -786,23 +1049,25 @@ impl State {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::RouteDeleted(r) if self.is_ours(&r) && r.metric == self.cfg.metric => {
-                if let Some(e) = self.routes.get_mut(&r.prefix) {
-                    if !e.desired.is_empty() {
-                        debug!(prefix = %r.prefix, "hagw route deleted behind our back");
-                        e.installed.clear();
-                        self.dirty.insert(r.prefix);
-                    }
+                if self
+                    .routes
+                    .get(&r.prefix)
+                    .is_some_and(|e| e.desired().is_some())
+                {
+                    debug!(prefix = %r.prefix, "hagw route deleted behind our back");
+                    self.set_installed(r.prefix, None);
+                    self.mark_dirty(r.prefix);
                 }
             }
             Event::RouteAdded(r) if self.is_foreign_default(&r) => {
                 self.foreign_default(r);
-                if !self.errored.is_empty() {
+                if !self.errors.is_empty() {
                     self.schedule_resync(EVENT_RESYNC_DELAY);
                 }
             }
             Event::RouteAdded(r) if r.protocol != self.cfg.protocol => {
                 // A new connected route may make a failed next hop usable.
-                if !self.errored.is_empty() {
+                if !self.errors.is_empty() {
                     self.schedule_resync(EVENT_RESYNC_DELAY);
                 }
             }
@@ -833,30 +1098,36 @@ impl State {
         let prefixes: Vec<IpNet> = self
             .routes
             .iter()
-            .filter(|(_, e)| !e.installed.is_empty())
-            .map(|(p, _)| *p)
+            .filter(|(_, e)| e.installed.is_some())
+            .map(|(p, _)| p)
             .collect();
-        let reqs = prefixes
-            .iter()
-            .map(|p| Request {
-                msg: RouteNetlinkMessage::DelRoute(build_delete(*p, table, proto, metric)),
-                flags: 0,
-            })
-            .collect();
-        match self.sock.batch(reqs).await {
-            Ok(res) => {
-                for (p, r) in prefixes.iter().zip(res) {
-                    if let Err(e) = r {
-                        if e.errno != nix::libc::ESRCH {
-                            warn!(prefix = %p, error = %e, "cannot remove route at shutdown");
+        let mut failed = None;
+        for part in prefixes.chunks(512) {
+            for p in part {
+                self.chunk.push_route(*p, table, proto, metric, &[], 0);
+            }
+            match self.sock.send_chunk(&mut self.chunk).await {
+                Ok(res) => {
+                    for (p, r) in part.iter().zip(res) {
+                        if let Err(e) = r {
+                            if e.errno != nix::libc::ESRCH {
+                                warn!(prefix = %p, error = %e, "cannot remove route at shutdown");
+                            }
                         }
                     }
                 }
-                info!(count = prefixes.len(), "removed hagw routes at shutdown");
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
-            Err(e) => error!(error = %e, "cannot remove routes at shutdown"),
+        }
+        match failed {
+            None => info!(count = prefixes.len(), "removed hagw routes at shutdown"),
+            Some(e) => error!(error = %e, "cannot remove routes at shutdown"),
         }
         self.routes.clear();
+        self.errors.clear();
     }
 }
 
@@ -865,7 +1136,8 @@ impl Reconciler for State {
     type Snapshot = Vec<SnapshotEntry>;
 
     fn on_datagram(&mut self, buf: &[u8]) {
-        // Our own additions echo back by the 100k: dropped before parsing.
+        // Our own additions are filtered in the kernel (drop_echoes_of); if
+        // the filter is missing they are dropped here, before parsing.
         for ev in events::decode_skipping_own(buf, self.cfg.protocol) {
             self.on_event(ev);
         }
@@ -910,5 +1182,20 @@ impl Reconciler for State {
     /// Every handle dropped: pending changes go in, the routes stay.
     async fn on_orphaned(&mut self) {
         State::apply(self).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a /32 costs in the table is its slot: no allocation of its own.
+    #[test]
+    fn an_entry_is_small() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 28,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 }

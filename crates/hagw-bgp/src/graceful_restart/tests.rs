@@ -95,7 +95,7 @@ impl World {
     }
 
     fn routes(&self) -> usize {
-        self.rib.installed().len()
+        self.rib.installed_len()
     }
 
     fn take(&mut self) -> Vec<Output> {

@@ -19,7 +19,21 @@
 //! last one (the kernel always answers errors), and matches the answers to the
 //! requests by sequence number. The kernel processes the whole datagram inside
 //! one `sendmsg`, so this costs one syscall per few hundred routes instead of
-//! two per route (`ip -batch`).
+//! two per route (`ip -batch`). A caller with many routes fills one [`Chunk`]
+//! at a time ([`Chunk::push_route`] writes the bytes directly, no message
+//! objects) and sends it with [`NlSocket::send_chunk`], so that what a burst
+//! holds in memory is one datagram, not every request of the burst. Dumps are
+//! read a datagram at a time ([`NlSocket::dump_start`], [`NlSocket::dump_next`])
+//! for the same reason: 100k routes must not be decoded into one vector.
+//!
+//! # Our own echoes
+//!
+//! Every route the kernel adds or deletes is also announced to the event
+//! sockets, ours included: a burst of 100k installs echoes back as 100k
+//! notifications, which would overrun the event socket and cost a resync.
+//! [`NlSocket::drop_echoes_of`] attaches a socket filter that drops, in the
+//! kernel, the notifications a given request socket caused (their
+//! `nlmsg_pid` is its port id).
 //!
 //! # Multipath: RTA_MULTIPATH routes, not nexthop objects
 //!
@@ -141,6 +155,75 @@ pub enum Parsed {
 pub struct NlSocket {
     sock: TokioSocket,
     seq: u32,
+    /// Our port id (`nl_pid`): the kernel stamps it on the notifications our
+    /// requests cause.
+    portid: u32,
+    /// The sequence number of the dump in progress ([`NlSocket::dump_next`]).
+    dump_seq: Option<u32>,
+}
+
+/// Requests serialized into one datagram, filled by the caller and sent by
+/// [`NlSocket::send_chunk`] (which numbers them and asks for one ACK).
+#[derive(Debug, Default)]
+pub struct Chunk {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+impl Chunk {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds a datagram's worth: send it before pushing more.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= CHUNK_BYTES
+    }
+
+    /// Requests in the chunk.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends a request (`flags` besides `NLM_F_REQUEST`, added).
+    pub fn push(&mut self, msg: RouteNetlinkMessage, flags: u16) {
+        serialize(msg, flags | NLM_F_REQUEST, 0, &mut self.buf);
+        self.count += 1;
+    }
+
+    /// Appends an RTM_NEWROUTE (`nexthops` not empty) or RTM_DELROUTE
+    /// (empty) for `prefix`, as [`build_route`] would build it, written
+    /// directly.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_route(
+        &mut self,
+        prefix: ipnet::IpNet,
+        table: u32,
+        protocol: u8,
+        metric: u32,
+        nexthops: &[Nexthop],
+        flags: u16,
+    ) {
+        route::write_route(
+            &mut self.buf,
+            prefix,
+            table,
+            protocol,
+            metric,
+            nexthops,
+            flags | NLM_F_REQUEST,
+        );
+        self.count += 1;
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+    }
 }
 
 impl NlSocket {
@@ -159,7 +242,40 @@ impl NlSocket {
         {
             let _ = s.set_rx_buf_sz(RCVBUF);
         }
-        Ok(NlSocket { sock, seq: 0 })
+        let mut addr = SocketAddr::new(0, 0);
+        s.get_address(&mut addr).map_err(err("getsockname"))?;
+        Ok(NlSocket {
+            sock,
+            seq: 0,
+            portid: addr.port_number(),
+            dump_seq: None,
+        })
+    }
+
+    /// Our port id: the `nlmsg_pid` of the notifications our requests cause.
+    pub fn portid(&self) -> u32 {
+        self.portid
+    }
+
+    /// Drops, in the kernel, every message whose `nlmsg_pid` is `portid`: on
+    /// an event socket, the notifications the requests of that socket cause
+    /// (the kernel builds and queues one per route otherwise; 100k installs
+    /// overrun the socket). Notifications carry one message each.
+    pub fn drop_echoes_of(&self, portid: u32) -> io::Result<()> {
+        use socket2::SockFilter;
+        // Classic BPF: A = the u32 at offset 12 (nlmsg_pid; loads are big
+        // endian, the field is native), drop (0 bytes) if ours, else keep all.
+        const LD_W_ABS: u16 = 0x20;
+        const JEQ_K: u16 = 0x15;
+        const RET_K: u16 = 0x06;
+        let ours = u32::from_be_bytes(portid.to_ne_bytes());
+        let prog = [
+            SockFilter::new(LD_W_ABS, 0, 0, 12),
+            SockFilter::new(JEQ_K, 0, 1, ours),
+            SockFilter::new(RET_K, 0, 0, 0),
+            SockFilter::new(RET_K, 0, 0, u32::MAX),
+        ];
+        socket2::SockRef::from(self.sock.socket_ref()).attach_filter(&prog)
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -188,68 +304,83 @@ impl NlSocket {
     /// answer was lost (receive-buffer overrun, timeout) come back as
     /// `Err(NlError)` with errno ENOBUFS / ETIMEDOUT so the caller retries.
     pub async fn batch(&mut self, reqs: Vec<Request>) -> io::Result<Vec<Result<(), NlError>>> {
-        let n = reqs.len();
-        let mut results: Vec<Option<Result<(), NlError>>> = vec![None; n];
-        let mut reqs = reqs.into_iter().peekable();
-        let mut start = 0usize;
-        let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
-        while reqs.peek().is_some() {
-            buf.clear();
-            let first_seq = self.seq.wrapping_add(1);
-            let mut last_off = 0;
-            let mut count = 0usize;
-            while buf.len() < CHUNK_BYTES {
-                let Some(req) = reqs.next() else { break };
-                let seq = self.next_seq();
-                last_off = buf.len();
-                serialize(req.msg, req.flags | NLM_F_REQUEST, seq, &mut buf);
-                count += 1;
+        let mut results = Vec::with_capacity(reqs.len());
+        let mut chunk = Chunk::new();
+        for req in reqs {
+            chunk.push(req.msg, req.flags);
+            if chunk.is_full() {
+                results.extend(self.send_chunk(&mut chunk).await?);
             }
-            // ACK only the last request of the datagram: errors are always
-            // answered, and answers come back in order.
-            let f = u16::from_ne_bytes([buf[last_off + 6], buf[last_off + 7]]) | NLM_F_ACK;
-            buf[last_off + 6..last_off + 8].copy_from_slice(&f.to_ne_bytes());
-            let last_seq = self.seq;
-            self.send_raw(&buf).await?;
-
-            let lost = loop {
-                let dgram = match tokio::time::timeout(ACK_TIMEOUT, self.recv_raw()).await {
-                    Err(_) => break Some(nix::libc::ETIMEDOUT),
-                    Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
-                        break Some(nix::libc::ENOBUFS)
-                    }
-                    Ok(Err(e)) => return Err(e),
-                    Ok(Ok(d)) => d,
-                };
-                let mut done = false;
-                for p in parse_datagram(&dgram) {
-                    if let Parsed::Ack { seq, err } = p {
-                        let idx = seq.wrapping_sub(first_seq) as usize;
-                        if idx < count {
-                            results[start + idx] = Some(err.map_or(Ok(()), Err));
-                        }
-                        done |= seq == last_seq;
-                    }
-                }
-                if done {
-                    break None;
-                }
-            };
-            for r in &mut results[start..start + count] {
-                if r.is_none() {
-                    *r = Some(match lost {
-                        // No error answered before the final ACK: success.
-                        None => Ok(()),
-                        Some(errno) => Err(NlError::new(
-                            errno,
-                            Some("answer lost, state unknown".into()),
-                        )),
-                    });
-                }
-            }
-            start += count;
         }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+        if !chunk.is_empty() {
+            results.extend(self.send_chunk(&mut chunk).await?);
+        }
+        Ok(results)
+    }
+
+    /// Sends the chunk's requests in one datagram, numbered, with an ACK
+    /// asked on the last only (errors are always answered, and answers come
+    /// back in order), and returns one result per request, in order; the
+    /// chunk is emptied for reuse. Errors as [`NlSocket::batch`].
+    pub async fn send_chunk(&mut self, chunk: &mut Chunk) -> io::Result<Vec<Result<(), NlError>>> {
+        let count = chunk.count;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let first_seq = self.seq.wrapping_add(1);
+        let buf = &mut chunk.buf;
+        let mut off = 0;
+        let mut last_off = 0;
+        while off + 16 <= buf.len() {
+            let len = ne_u32(buf, off) as usize;
+            let seq = self.next_seq();
+            buf[off + 8..off + 12].copy_from_slice(&seq.to_ne_bytes());
+            last_off = off;
+            off += (len.max(16) + 3) & !3;
+        }
+        let f = ne_u16(buf, last_off + 6) | NLM_F_ACK;
+        buf[last_off + 6..last_off + 8].copy_from_slice(&f.to_ne_bytes());
+        let last_seq = self.seq;
+        let sent = self.send_raw(&chunk.buf).await;
+        chunk.clear();
+        sent?;
+
+        let mut results: Vec<Option<Result<(), NlError>>> = vec![None; count];
+        let lost = loop {
+            let dgram = match tokio::time::timeout(ACK_TIMEOUT, self.recv_raw()).await {
+                Err(_) => break Some(nix::libc::ETIMEDOUT),
+                Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    break Some(nix::libc::ENOBUFS)
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(d)) => d,
+            };
+            let mut done = false;
+            for p in parse_datagram(&dgram) {
+                if let Parsed::Ack { seq, err } = p {
+                    let idx = seq.wrapping_sub(first_seq) as usize;
+                    if let Some(r) = results.get_mut(idx) {
+                        *r = Some(err.map_or(Ok(()), Err));
+                    }
+                    done |= seq == last_seq;
+                }
+            }
+            if done {
+                break None;
+            }
+        };
+        Ok(results
+            .into_iter()
+            .map(|r| match (r, lost) {
+                (Some(r), _) => r,
+                // No error answered before the final ACK: success.
+                (None, None) => Ok(()),
+                (None, Some(errno)) => Err(NlError::new(
+                    errno,
+                    Some("answer lost, state unknown".into()),
+                )),
+            })
+            .collect())
     }
 
     /// Sends one request and waits for its answer.
@@ -285,27 +416,53 @@ impl NlSocket {
         req: RouteNetlinkMessage,
         pick: impl Fn(RouteNetlinkMessage) -> Option<T>,
     ) -> io::Result<Vec<T>> {
+        self.dump_start(req).await?;
+        let mut out = Vec::new();
+        while let Some(msgs) = self.dump_next().await? {
+            out.extend(msgs.into_iter().filter_map(&pick));
+        }
+        Ok(out)
+    }
+
+    /// Starts a dump whose answers [`NlSocket::dump_next`] reads, a datagram
+    /// at a time. No other request may use the socket until it is over.
+    pub async fn dump_start(&mut self, req: RouteNetlinkMessage) -> io::Result<()> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
         serialize(req, NLM_F_REQUEST | NLM_F_DUMP, seq, &mut buf);
-        self.send_raw(&buf).await?;
+        self.dump_seq = Some(seq);
+        if let Err(e) = self.send_raw(&buf).await {
+            self.dump_seq = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The messages of the dump's next datagram; None once it is over.
+    pub async fn dump_next(&mut self) -> io::Result<Option<Vec<RouteNetlinkMessage>>> {
+        let Some(seq) = self.dump_seq else {
+            return Ok(None);
+        };
+        // Any error ends the dump: the caller starts again (a resync).
+        self.dump_seq = None;
+        let dgram = tokio::time::timeout(ACK_TIMEOUT, self.recv_raw())
+            .await
+            .map_err(|_| io::Error::from_raw_os_error(nix::libc::ETIMEDOUT))??;
         let mut out = Vec::new();
-        loop {
-            let dgram = tokio::time::timeout(ACK_TIMEOUT, self.recv_raw())
-                .await
-                .map_err(|_| io::Error::from_raw_os_error(nix::libc::ETIMEDOUT))??;
-            for p in parse_datagram(&dgram) {
-                match p {
-                    Parsed::Msg { seq: s, msg } if s == seq => out.extend(pick(msg)),
-                    Parsed::Done { seq: s } if s == seq => return Ok(out),
-                    Parsed::Ack {
-                        seq: s,
-                        err: Some(e),
-                    } if s == seq => return Err(io::Error::from_raw_os_error(e.errno)),
-                    _ => {}
-                }
+        for p in parse_datagram(&dgram) {
+            match p {
+                Parsed::Msg { seq: s, msg } if s == seq => out.push(msg),
+                // Over: this datagram's messages are the last.
+                Parsed::Done { seq: s } if s == seq => return Ok(Some(out)),
+                Parsed::Ack {
+                    seq: s,
+                    err: Some(e),
+                } if s == seq => return Err(io::Error::from_raw_os_error(e.errno)),
+                _ => {}
             }
         }
+        self.dump_seq = Some(seq);
+        Ok(Some(out))
     }
 }
 

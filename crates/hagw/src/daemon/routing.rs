@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use hagw_bgp::graceful_restart::{Output, Restarts, Timer};
 use hagw_bgp::packet::{Update, AFI_IPV6};
-use hagw_bgp::rib::{Change, Path, Rib};
-use hagw_kernel::{pinning::Pinning, FibSync, Nexthop, RouteOwner};
+use hagw_bgp::rib::{Change, NextHops, Path, Rib};
+use hagw_kernel::{fib, pinning::Pinning, FibSync, Nexthop, RouteOwner};
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -82,6 +82,11 @@ pub async fn run(
         changes: Vec::new(),
         out: Vec::new(),
     };
+    let mut kernel = Kernel {
+        fib,
+        pin,
+        last: None,
+    };
     loop {
         let deadline = task.gr.next_deadline().map(Instant::from_std);
         tokio::select! {
@@ -91,9 +96,7 @@ pub async fn run(
             },
             () = sleep_until(deadline) => task.gr.on_timer(&mut task.rib, now(), &mut task.out),
         }
-        for o in task.out.drain(..) {
-            apply(o, fib.as_ref(), pin.as_ref());
-        }
+        kernel.apply(&mut task.out);
     }
 }
 
@@ -180,73 +183,111 @@ impl Task {
             }
             RibEvent::Unreachable { peer } => gr.unreachable(rib, peer, out),
             RibEvent::Routes(tx) => {
-                let _ = tx.send(
-                    rib.installed()
-                        .iter()
-                        .map(|(p, n)| (*p, n.clone()))
-                        .collect(),
-                );
+                let mut routes: Vec<(IpNet, Vec<IpAddr>)> =
+                    rib.installed().map(|(p, n)| (p, n.to_vec())).collect();
+                routes.sort_unstable_by_key(|r| r.0);
+                let _ = tx.send(routes);
             }
         }
     }
 }
 
-/// Carries out one output of the graceful-restart core.
-fn apply(o: Output, fib: Option<&FibSync>, pin: Option<&Pinning>) {
-    match o {
-        Output::Route(Change { prefix, next_hops }) => {
-            let Some(fib) = fib else { return };
-            let nhs: Vec<Nexthop> = next_hops
-                .into_iter()
-                .map(|addr| Nexthop {
-                    addr,
-                    ifindex: None,
-                })
-                .collect();
-            // FIB first; pinning follows the default route's next hops
-            // (a message to its task: never blocks).
-            let pin_nhs = (prefix.prefix_len() == 0).then(|| nhs.clone());
-            fib.set_route(RouteOwner::Bgp, prefix, nhs);
-            if let (Some(pin), Some(nhs)) = (pin, pin_nhs) {
-                pin.set_default(prefix, nhs);
-            }
-        }
-        Output::DeferralOver => {
-            tracing::info!("graceful restart: selection deferral over, syncing the kernel");
-            if let Some(fib) = fib {
-                fib.purge_stale();
-            }
-        }
-        Output::NotWaitingFor(peer) => {
-            tracing::info!(peer = %peer, "graceful restart: not waiting for this neighbor's End-of-RIB");
-        }
-        Output::StaleTimeOver { peer, timer } => {
-            let which = match timer {
-                Timer::Restart => "restart",
-                Timer::StalePath => "stale-path",
+/// Where the RIB's outputs go: the FIB (prefixes with the same next hops
+/// in one message) and pinning (the default route's next hops).
+struct Kernel {
+    fib: Option<FibSync>,
+    pin: Option<Pinning>,
+    /// The RIB's last set and the kernel's form of it: the prefixes of an
+    /// UPDATE share one set, converted once.
+    last: Option<(NextHops, fib::NextHops)>,
+}
+
+impl Kernel {
+    /// Carries out the outputs of the graceful-restart core, in order.
+    fn apply(&mut self, outs: &mut Vec<Output>) {
+        // Consecutive routes with the same next hops: one FIB message.
+        let mut run: Option<(fib::NextHops, Vec<IpNet>)> = None;
+        for o in outs.drain(..) {
+            let Output::Route(Change { prefix, next_hops }) = o else {
+                self.flush(run.take());
+                self.other(o);
+                continue;
             };
-            tracing::info!(peer = %peer, "graceful restart: its {which} time is over, removing its stale routes");
+            let nhs = self.convert(&next_hops);
+            match &mut run {
+                Some((set, prefixes)) if Arc::ptr_eq(set, &nhs) => prefixes.push(prefix),
+                _ => {
+                    self.flush(run.take());
+                    run = Some((nhs.clone(), vec![prefix]));
+                }
+            }
+            if prefix.prefix_len() == 0 {
+                // FIB first; pinning follows the default route's next hops
+                // (a message to its task: never blocks).
+                self.flush(run.take());
+                if let Some(pin) = &self.pin {
+                    pin.set_default(prefix, nhs.to_vec());
+                }
+            }
+        }
+        self.flush(run);
+    }
+
+    fn flush(&self, run: Option<(fib::NextHops, Vec<IpNet>)>) {
+        if let (Some(fib), Some((nhs, prefixes))) = (&self.fib, run) {
+            fib.set_routes(RouteOwner::Bgp, prefixes, nhs);
+        }
+    }
+
+    /// The kernel's form of a RIB set (the same `Arc` for the same set in a
+    /// row).
+    fn convert(&mut self, hops: &NextHops) -> fib::NextHops {
+        match &self.last {
+            Some((rib, k)) if Arc::ptr_eq(rib, hops) || rib[..] == hops[..] => k.clone(),
+            _ => {
+                let k: fib::NextHops = hops.iter().map(|a| Nexthop::new(*a)).collect();
+                self.last = Some((hops.clone(), k.clone()));
+                k
+            }
+        }
+    }
+
+    fn other(&self, o: Output) {
+        match o {
+            Output::Route(_) => {}
+            Output::DeferralOver => {
+                tracing::info!("graceful restart: selection deferral over, syncing the kernel");
+                if let Some(fib) = &self.fib {
+                    fib.purge_stale();
+                }
+            }
+            Output::NotWaitingFor(peer) => {
+                tracing::info!(peer = %peer, "graceful restart: not waiting for this neighbor's End-of-RIB");
+            }
+            Output::StaleTimeOver { peer, timer } => {
+                let which = match timer {
+                    Timer::Restart => "restart",
+                    Timer::StalePath => "stale-path",
+                };
+                tracing::info!(peer = %peer, "graceful restart: its {which} time is over, removing its stale routes");
+            }
         }
     }
 }
 
 fn apply_update(rib: &mut Rib, peer: IpAddr, info: &PeerInfo, u: &Update, out: &mut Vec<Change>) {
-    for p in u.withdrawn_all() {
-        rib.withdraw(peer, p, out);
-    }
+    rib.withdraw_all(peer, u.withdrawn_all(), out);
     if u.treat_as_withdraw.is_some() {
         // RFC 7606 §2: every prefix the UPDATE carries is withdrawn.
-        for p in u.announced() {
-            rib.withdraw(peer, p, out);
-        }
+        rib.withdraw_all(peer, u.announced(), out);
         return;
     }
+    // One path for all the prefixes of the UPDATE (per family).
     let path =
         |nh: IpAddr| Path::from_attrs(&u.attrs, nh, info.remote_asn, info.ebgp, info.remote_id);
     if let Some(nh) = u.attrs.next_hop {
-        for p in &u.nlri {
-            rib.announce(peer, IpNet::V4(*p), path(IpAddr::V4(nh)), out);
-        }
+        let prefixes = u.nlri.iter().map(|p| IpNet::V4(*p));
+        rib.announce_all(peer, path(IpAddr::V4(nh)), prefixes, out);
     }
     if let Some(mp) = &u.attrs.mp_reach {
         // The global next hop; a link-local-only one (RFC 2545) is used as is.
@@ -258,9 +299,7 @@ fn apply_update(rib: &mut Rib, peer: IpAddr, info: &PeerInfo, u: &Update, out: &
         else {
             return;
         };
-        for p in &mp.nlri {
-            rib.announce(peer, *p, path(*nh), out);
-        }
+        rib.announce_all(peer, path(*nh), mp.nlri.iter().copied(), out);
     }
 }
 

@@ -16,6 +16,9 @@
 //! * [`pinning`] — connection pinning (fwmark rules, per-router tables, nft).
 //! * [`policy_routing`] — per-NIC source policy routing.
 //! * [`sysctl`] — `/proc/sys` knobs, global and per interface.
+//! * [`vnet`] — virtual networks on proxy ARP and policy routing: the host's
+//!   bridges, tables, rules and VMs learned from neighbour entries; the
+//!   router's gateways on `lo` and NAT set.
 
 use std::net::IpAddr;
 
@@ -28,6 +31,7 @@ pub mod pinning;
 pub mod policy_routing;
 pub mod reconcile;
 pub mod sysctl;
+pub mod vnet;
 
 pub use fib::{DhcpDefault, FibConfig, FibSync, RouteOwner, StaticRoute};
 pub use netlink::ifindex;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod policy_routing;
+pub mod vnet;
 
 use std::fmt::Write;
 
@@ -114,6 +115,33 @@ pub fn status_text(st: &control::Status) -> String {
     }
     if let Some(p) = &st.policy_routing {
         s.push_str(&policy_routing::status_text(p));
+    }
+    if !st.vnet.is_empty() {
+        let _ = writeln!(s, "\nvirtual networks");
+        for v in &st.vnet {
+            let _ = writeln!(
+                s,
+                "  {} bridge {} ({}) table {} via {}{}\n    VMs: {}",
+                v.name,
+                v.bridge,
+                if v.created { "created" } else { "adopted" },
+                v.table,
+                if v.routers.is_empty() {
+                    "no router (unreachable)".to_string()
+                } else {
+                    v.routers.join(", ")
+                },
+                v.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default(),
+                if v.vms.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.vms.join(", ")
+                },
+            );
+        }
     }
     s
 }

@@ -101,7 +101,8 @@ pub fn check_system(cfg: &Config) -> Vec<Problem> {
 /// [`check_system`] as a [`ConfigError`] of `path`, for `hagw check` and
 /// `hagw run` (the same words in both).
 pub fn check_live(path: &Path, cfg: Config) -> Result<Config, ConfigError> {
-    let problems = check_system(&cfg);
+    let mut problems = check_system(&cfg);
+    problems.extend(crate::vnet::check_system(&cfg));
     if problems.is_empty() {
         Ok(cfg)
     } else {

@@ -29,6 +29,7 @@ mod err {
     pub use crate::packet::codes::cease::{
         ADMINISTRATIVE_SHUTDOWN as CEASE_ADMIN_SHUTDOWN, BFD_DOWN as CEASE_BFD_DOWN,
         CONNECTION_COLLISION_RESOLUTION as CEASE_COLLISION,
+        MAXIMUM_PREFIXES_REACHED as CEASE_MAX_PREFIXES,
     };
     /// RFC 6608 subcodes say which state received the unexpected message.
     pub use crate::packet::codes::fsm::{
@@ -199,6 +200,10 @@ pub enum Event {
     OpenCollisionDump,
     /// RFC 5882 §4.3.1: BFD says the path to the peer is gone.
     BfdDown,
+    /// The peer announced more prefixes of a family than it may (the
+    /// driver counts): Cease, Maximum Number of Prefixes Reached (RFC 4486
+    /// §4: the data is AFI, SAFI and the limit).
+    MaxPrefixes { afi: u16, safi: u8, limit: u32 },
 }
 
 /// What the session learned from the peer's OPEN.
@@ -490,6 +495,21 @@ impl Session {
                     out,
                 );
             }
+            (OpenSent | OpenConfirm | Established, Event::MaxPrefixes { afi, safi, limit }) => {
+                let mut data = Vec::with_capacity(7);
+                data.extend_from_slice(&afi.to_be_bytes());
+                data.push(safi);
+                data.extend_from_slice(&limit.to_be_bytes());
+                self.notify_and_close(
+                    Notification {
+                        code: err::CEASE,
+                        subcode: err::CEASE_MAX_PREFIXES,
+                        data,
+                    },
+                    now,
+                    out,
+                );
+            }
             (Established, Event::OpenCollisionDump) => {
                 // RFC 4724 §4.2: a restarting peer's new connection replaces the old
                 // one; the old one is closed without a NOTIFICATION.
@@ -501,7 +521,11 @@ impl Session {
                 OpenSent | OpenConfirm | Established,
                 Event::TcpCrAcked | Event::TcpConnectionConfirmed,
             ) => {}
-            (Idle, _) | (Connect | Active, Event::OpenCollisionDump | Event::BfdDown) => {}
+            (Idle, _)
+            | (
+                Connect | Active,
+                Event::OpenCollisionDump | Event::BfdDown | Event::MaxPrefixes { .. },
+            ) => {}
         }
     }
 

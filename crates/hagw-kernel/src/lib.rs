@@ -23,6 +23,9 @@
 //! * [`vip`] — the VRRP virtual addresses: added and removed at once, kept
 //!   so, only hagw's own ever removed; [`announce`] — gratuitous ARP and
 //!   unsolicited NA for them.
+//! * [`vnet`] — virtual networks on proxy ARP and policy routing: the host's
+//!   bridges, tables, rules and VMs learned from neighbour entries; the
+//!   router's gateways on `lo` and NAT set.
 
 use std::net::IpAddr;
 
@@ -37,6 +40,7 @@ pub mod pinning;
 pub mod policy_routing;
 pub mod reconcile;
 pub mod sysctl;
+pub mod vnet;
 
 pub mod announce;
 pub mod vip;

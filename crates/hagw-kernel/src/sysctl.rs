@@ -36,3 +36,51 @@ pub fn read(path: &str) -> Result<String, KernelError> {
             source,
         })
 }
+
+/// Writes `net.{ipv4,ipv6}.conf.DEV.KEY` (`v6` picks the family).
+pub fn set_conf(v6: bool, dev: &str, key: &str, value: &str) -> Result<(), KernelError> {
+    write(&conf_path(v6, "conf", dev, key), value)
+}
+
+/// Reads `net.{ipv4,ipv6}.conf.DEV.KEY`.
+pub fn get_conf(v6: bool, dev: &str, key: &str) -> Result<String, KernelError> {
+    read(&conf_path(v6, "conf", dev, key))
+}
+
+/// Writes `net.{ipv4,ipv6}.neigh.DEV.KEY` (neighbour timers of one interface).
+pub fn set_neigh(v6: bool, dev: &str, key: &str, value: &str) -> Result<(), KernelError> {
+    write(&conf_path(v6, "neigh", dev, key), value)
+}
+
+/// `/proc/sys/net/ipv4/conf/DEV/KEY`. Interface names are used as they are
+/// (a dot in `eth0.100` is part of the directory name under `/proc`).
+/// `dev` must be an interface name, `all` or `default`: a name with a slash
+/// or `..` could leave the directory, so it is replaced by one that cannot
+/// exist and the write fails.
+fn conf_path(v6: bool, section: &str, dev: &str, key: &str) -> String {
+    let fam = if v6 { "ipv6" } else { "ipv4" };
+    let dev = if dev.contains('/') || dev == "." || dev == ".." || dev.is_empty() {
+        "(invalid interface name)"
+    } else {
+        dev
+    };
+    format!("/proc/sys/net/{fam}/{section}/{dev}/{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_interface_paths_stay_in_their_directory() {
+        assert_eq!(
+            conf_path(false, "conf", "br_net1", "proxy_arp"),
+            "/proc/sys/net/ipv4/conf/br_net1/proxy_arp"
+        );
+        assert_eq!(
+            conf_path(true, "neigh", "eth0.100", "retrans_time_ms"),
+            "/proc/sys/net/ipv6/neigh/eth0.100/retrans_time_ms"
+        );
+        assert!(conf_path(false, "conf", "../../x", "y").contains("(invalid"));
+    }
+}

@@ -62,6 +62,10 @@ pub enum LabCmd {
     /// Prints `failover_ms=` (from the cut command's start) and
     /// `after_cut_ms=` (from its return). Used by bench/lab-failover.sh.
     TimeCut(TimeCutArgs),
+    /// Virtual networks (`up vnet`): move VM to HOST (live migration as the
+    /// network sees it) while another VM pings it, and print how soon the
+    /// pings answer again.
+    Move(MoveArgs),
     /// (internal) The lab's TCP server, run inside the "internet" namespace.
     #[command(hide = true)]
     ServeInternal(flows::ServeArgs),
@@ -96,6 +100,14 @@ pub struct UpArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct MoveArgs {
+    /// The VM (vm1..vm4).
+    pub vm: String,
+    /// The host it moves to (host1 or host2).
+    pub host: String,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct RouterArgs {
     /// The router (r1 or r2 in the egress topology).
     pub router: String,
@@ -121,9 +133,34 @@ pub fn run(args: LabArgs, status_text: StatusText) -> anyhow::Result<()> {
         LabCmd::Heal(a) => measure::heal(a, status_text),
         LabCmd::Down => down::down(),
         LabCmd::TimeCut(a) => measure::time_cut(&a),
+        LabCmd::Move(a) => move_vm(&a),
         LabCmd::ServeInternal(a) => flows::serve(a.listen, a.ready.as_deref()),
         LabCmd::FlowsInternal(a) => flows::hold(&a),
     }
+}
+
+/// `hagw lab move VM HOST`.
+fn move_vm(a: &MoveArgs) -> anyhow::Result<()> {
+    use crate::topology::vnet;
+    require_root()?;
+    let _lock = crate::state::lock()?;
+    let (st, _) = loaded()?;
+    if st.topology != Kind::Vnet.name() {
+        bail!(
+            "`move` works on the vnet lab (`hagw lab up vnet`); this one is {}",
+            st.topology
+        );
+    }
+    let Some(v) = vnet::vm_spec(&a.vm) else {
+        bail!("no VM {:?} (vm1..vm4)", a.vm);
+    };
+    let Some(to) = vnet::host_index(&a.host) else {
+        bail!("no host {:?} (host1 or host2)", a.host);
+    };
+    let (hosts, vms) = vnet::Vnet::attach_lab()?;
+    let r = vnet::move_and_measure(&hosts, &vms, v, to)?;
+    println!("{r}");
+    Ok(())
 }
 
 pub(crate) fn require_root() -> anyhow::Result<()> {

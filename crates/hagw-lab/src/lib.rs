@@ -45,9 +45,10 @@ pub mod topology;
 mod up;
 mod watch;
 
-pub use cli::{run, LabArgs, LabCmd, RouterArgs, StatusText, TimeCutArgs, UpArgs};
+pub use cli::{run, LabArgs, LabCmd, MoveArgs, RouterArgs, StatusText, TimeCutArgs, UpArgs};
 pub use cut::SilentCut;
 pub use topology::seed000::{self, Seed000};
+pub use topology::vnet::{self as vnet, VnetLab};
 pub use topology::{Kind, Mode, Topology};
 
 /// Why building a topology or cutting a link failed.
@@ -70,4 +71,7 @@ pub enum Error {
          (built by another version?); remove it with `hagw lab down`"
     )]
     UnknownTopology(String),
+    /// A step of the virtual network lab (attach, move, measure).
+    #[error("{0}")]
+    Vnet(String),
 }

@@ -202,7 +202,22 @@ fn build_and_start(
         );
     }
 
-    // The host's default route with every router.
+    // A topology of its own (attach VMs, check reachability)...
+    intr.check()?;
+    if let Some(report) = topo
+        .settle(Duration::from_secs(a.timeout))
+        .map_err(|e| e.context(diagnose(topo, st, status_text)))?
+    {
+        println!("\n{report}");
+        println!(
+            "\nthe lab is up. Next: `hagw lab status`, `hagw lab down`.\n\
+             Logs and configs: {}",
+            state::dir().display()
+        );
+        return Ok(());
+    }
+
+    // ...or the host's default route with every router.
     let host = topo.host_ns();
     let want: Vec<Ipv4Addr> = topo.routers().iter().map(|r| r.lan_addr).collect();
     print!(
@@ -247,7 +262,7 @@ fn build_and_start(
     }
 
     // The flows.
-    if a.flows > 0 {
+    if a.flows > 0 && topo.flows() {
         intr.check()?;
         let (_, target) = topo.server();
         let socket = state::path_in("flows.sock");

@@ -87,6 +87,10 @@ pub struct Config {
     /// `crate::convergent::check_live` (`--node`, the hostname, or which
     /// node's addresses are here).
     pub node: Option<String>,
+    /// Virtual networks on this host (`[[vnet]]`).
+    pub vnet: Vec<Vnet>,
+    /// Virtual networks this router serves (`[[vnet_router]]`).
+    pub vnet_router: Vec<VnetRouter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +194,8 @@ pub struct DynamicRange {
     pub hold_time: u16,
     pub limit: usize,
     pub bfd: bool,
+    /// Most prefixes one peer may announce (Cease, maximum prefixes, past it).
+    pub max_prefixes: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -241,6 +247,34 @@ pub struct Control {
     pub socket: PathBuf,
 }
 
+/// One virtual network of a host (`[[vnet]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vnet {
+    pub name: String,
+    pub bridge: String,
+    /// The bridge's address and the network's prefix, the same on every host.
+    pub address: ipnet::Ipv4Net,
+    pub address6: Option<ipnet::Ipv6Net>,
+    /// The routers (ECMP through each).
+    pub routers: Vec<IpAddr>,
+    pub table: u32,
+    pub rule_priority: u32,
+    /// VMs announced beside the learned ones.
+    pub vms: Vec<IpAddr>,
+    pub mac: Option<[u8; 6]>,
+    /// Most VMs announced from this network (beyond it, new ones are not).
+    pub max_vms: usize,
+}
+
+/// One virtual network a router serves (`[[vnet_router]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VnetRouter {
+    pub network: IpNet,
+    /// Held as a host address on `lo`: the VMs' default gateway.
+    pub gateway: IpAddr,
+    pub masquerade_out: Option<String>,
+}
+
 // ---------------------------------------------------------------------------
 // Raw, permissive shapes serde reads; every field optional so that validation,
 // not serde, reports what is missing.
@@ -258,6 +292,31 @@ struct RawConfig {
     vrrp: Vec<vrrp::RawVrrp>,
     gateway: Vec<convergent::RawGateway>,
     nat: Option<convergent::RawNat>,
+    vnet: Vec<RawVnet>,
+    #[serde(default)]
+    vnet_router: Vec<RawVnetRouter>,
+}
+
+#[derive(Deserialize)]
+struct RawVnet {
+    name: Option<String>,
+    bridge: Option<String>,
+    address: Option<String>,
+    address6: Option<String>,
+    /// One address or a list.
+    router: Option<toml::Value>,
+    table: Option<i64>,
+    rule_priority: Option<i64>,
+    vms: Option<Vec<String>>,
+    mac: Option<String>,
+    max_vms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawVnetRouter {
+    network: Option<String>,
+    gateway: Option<String>,
+    masquerade_out: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +383,7 @@ struct RawDynamic {
     hold_time: Option<i64>,
     limit: Option<i64>,
     bfd: Option<bool>,
+    max_prefixes: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -481,16 +541,27 @@ impl Validator {
         let gateways = self.gateways(raw.gateway);
         let nat = raw.nat.map(|n| self.nat(n, &gateways));
         self.node_tables(&gateways, nat.as_ref());
+        let vnet = self.vnets(raw.vnet);
+        let vnet_router = self.vnet_routers(raw.vnet_router);
+        self.vnet_cross_checks(
+            &vnet,
+            &vnet_router,
+            bgp.as_ref(),
+            kernel.as_ref(),
+            policy_routing.as_ref(),
+        );
         if bgp.is_none()
             && kernel.is_none()
             && policy_routing.is_none()
             && !any_vrrp
             && gateways.is_empty()
             && nat.is_none()
+            && vnet.is_empty()
+            && vnet_router.is_empty()
         {
             self.problem(
                 "(top)",
-                "nothing to do: the config has no [bgp], [kernel], [policy_routing], [[vrrp]], [[gateway]] or [nat]",
+                "nothing to do: the config has no [bgp], [kernel], [policy_routing], [[vrrp]], [[gateway]], [nat], [[vnet]] or [[vnet_router]]",
             );
         }
         Config {
@@ -504,6 +575,8 @@ impl Validator {
             gateways,
             nat,
             node: None,
+            vnet,
+            vnet_router,
         }
     }
 
@@ -775,8 +848,12 @@ impl Validator {
                     self.int(&format!("{key}.limit"), l, 1, 1_000_000)
                 })
                 .unwrap_or(DEFAULT_PEER_LIMIT);
+            let max_prefixes = d
+                .max_prefixes
+                .and_then(|m| self.int(&format!("{key}.max_prefixes"), m, 1, i64::from(u32::MAX)));
             if let Some(range) = range {
                 dynamic.push(DynamicRange {
+                    max_prefixes,
                     bfd: d.bfd.unwrap_or(false),
                     range,
                     remote_asn,
@@ -987,6 +1064,438 @@ impl Validator {
             pin_table_base,
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Virtual networks (`[[vnet]]` on hosts, `[[vnet_router]]` on routers).
+
+/// Default `max_vms` of a `[[vnet]]`.
+pub const DEFAULT_MAX_VMS: usize = 4096;
+
+impl Validator {
+    fn vnets(&mut self, raw: Vec<RawVnet>) -> Vec<Vnet> {
+        let mut out: Vec<Vnet> = Vec::new();
+        for (i, v) in raw.into_iter().enumerate() {
+            let key = format!("vnet[{i}]");
+            let name = self.vnet_name(&format!("{key}.name"), v.name);
+            let bridge = match v.bridge {
+                Some(b) if hagw_kernel::nft::valid_interface(&b) => Some(b),
+                Some(b) => {
+                    self.problem(
+                        &format!("{key}.bridge"),
+                        format!("\"{b}\" is not an interface name (at most 15 of letters, digits and - _ . @)"),
+                    );
+                    None
+                }
+                None => {
+                    self.problem(&format!("{key}.bridge"), "missing");
+                    None
+                }
+            };
+            let address = match v.address.as_deref() {
+                Some(a) => match a.parse::<ipnet::Ipv4Net>() {
+                    Ok(n) if n.prefix_len() >= 31 => {
+                        self.problem(
+                            &format!("{key}.address"),
+                            format!("\"{a}\": the network needs room for VMs (a prefix of /30 or shorter)"),
+                        );
+                        None
+                    }
+                    Ok(n) if n.addr() == n.network() || n.addr() == n.broadcast() => {
+                        self.problem(
+                            &format!("{key}.address"),
+                            format!(
+                                "\"{a}\" is the network's {} address, not one a bridge can use",
+                                if n.addr() == n.network() {
+                                    "network"
+                                } else {
+                                    "broadcast"
+                                }
+                            ),
+                        );
+                        None
+                    }
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        self.problem(
+                            &format!("{key}.address"),
+                            format!("\"{a}\" is not an IPv4 address with its prefix, like 10.10.10.2/24"),
+                        );
+                        None
+                    }
+                },
+                None => {
+                    self.problem(
+                        &format!("{key}.address"),
+                        "missing (the bridge's address and the network, like 10.10.10.2/24, the same on every host)",
+                    );
+                    None
+                }
+            };
+            let address6 = v.address6.as_deref().and_then(|a| match a.parse::<ipnet::Ipv6Net>() {
+                Ok(n) if n.prefix_len() < 128 && n.addr() != n.network() => Some(n),
+                _ => {
+                    self.problem(
+                        &format!("{key}.address6"),
+                        format!("\"{a}\" is not an IPv6 address inside its prefix, like fd00:10::1/64"),
+                    );
+                    None
+                }
+            });
+            let routers = self.routers(&format!("{key}.router"), v.router.as_ref());
+            let table = match v.table {
+                Some(t) => self.vnet_table(&format!("{key}.table"), t),
+                None => {
+                    self.problem(
+                        &format!("{key}.table"),
+                        "missing (the routing table of this network, e.g. 101)",
+                    );
+                    None
+                }
+            };
+            let rule_priority = match v.rule_priority {
+                Some(p) => self.int(&format!("{key}.rule_priority"), p, 1, 32_765),
+                None => table.map(|t| t.min(32_765)),
+            };
+            let mut vms = Vec::new();
+            for (j, s) in v.vms.unwrap_or_default().iter().enumerate() {
+                let vkey = format!("{key}.vms[{j}]");
+                let Some(a) = self.ip(&vkey, s) else { continue };
+                let inside = match (a, address, address6) {
+                    (IpAddr::V4(v4), Some(n), _) => {
+                        n.trunc().contains(&v4)
+                            && v4 != n.addr()
+                            && v4 != n.network()
+                            && v4 != n.broadcast()
+                    }
+                    (IpAddr::V6(v6), _, Some(n)) => n.trunc().contains(&v6) && v6 != n.addr(),
+                    (_, None, _) => true, // already reported
+                    (IpAddr::V6(_), _, None) => false,
+                };
+                if !inside {
+                    let net = match a {
+                        IpAddr::V4(_) => address.map(|n| n.trunc().to_string()),
+                        IpAddr::V6(_) => address6.map(|n| n.trunc().to_string()),
+                    };
+                    self.problem(
+                        &vkey,
+                        match net {
+                            Some(n) => format!("{a} is outside the network {n} (or is its bridge, network or broadcast address)"),
+                            None => format!("{a} is IPv6 but the network has no address6"),
+                        },
+                    );
+                    continue;
+                }
+                vms.push(a);
+            }
+            let mac = v.mac.as_deref().and_then(|m| match parse_mac(m) {
+                Some(mac) if mac[0] & 1 == 0 => Some(mac),
+                _ => {
+                    self.problem(
+                        &format!("{key}.mac"),
+                        format!("\"{m}\" is not a unicast MAC address like 02:68:0a:0a:0a:00"),
+                    );
+                    None
+                }
+            });
+            let max_vms = v
+                .max_vms
+                .map_or(Some(DEFAULT_MAX_VMS), |m| {
+                    self.int(&format!("{key}.max_vms"), m, 1, 1_000_000)
+                })
+                .unwrap_or(DEFAULT_MAX_VMS);
+            for (r, rk) in routers.iter().zip(0..) {
+                let fits = match r {
+                    IpAddr::V4(_) => true,
+                    IpAddr::V6(_) => address6.is_some(),
+                };
+                if !fits {
+                    self.problem(
+                        &format!("{key}.router[{rk}]"),
+                        format!("{r} is IPv6 but the network has no address6"),
+                    );
+                }
+            }
+            let (Some(name), Some(bridge), Some(address), Some(table), Some(rule_priority)) =
+                (name, bridge, address, table, rule_priority)
+            else {
+                continue;
+            };
+            for (j, o) in out.iter().enumerate() {
+                let clash = if o.name == name {
+                    Some(("name", format!("\"{name}\" is also vnet[{j}]'s name")))
+                } else if o.bridge == bridge {
+                    Some(("bridge", format!("{bridge} is also vnet[{j}]'s bridge")))
+                } else if o.table == table {
+                    Some(("table", format!("{table} is also vnet[{j}]'s table")))
+                } else if o.address.trunc().contains(&address.trunc().network())
+                    || address.trunc().contains(&o.address.trunc().network())
+                {
+                    Some((
+                        "address",
+                        format!(
+                            "{} overlaps vnet[{j}]'s network {}",
+                            address.trunc(),
+                            o.address.trunc()
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                if let Some((k, m)) = clash {
+                    self.problem(&format!("{key}.{k}"), m);
+                }
+            }
+            out.push(Vnet {
+                name,
+                bridge,
+                address,
+                address6,
+                routers,
+                table,
+                rule_priority,
+                vms,
+                mac,
+                max_vms,
+            });
+        }
+        out
+    }
+
+    fn vnet_name(&mut self, key: &str, v: Option<String>) -> Option<String> {
+        match v {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 32
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
+            {
+                Some(n)
+            }
+            Some(n) => {
+                self.problem(
+                    key,
+                    format!("\"{n}\": use 1 to 32 of letters, digits and - _ ."),
+                );
+                None
+            }
+            None => {
+                self.problem(key, "missing");
+                None
+            }
+        }
+    }
+
+    fn routers(&mut self, key: &str, v: Option<&toml::Value>) -> Vec<IpAddr> {
+        let list: Vec<(String, String)> = match v {
+            None => {
+                self.problem(
+                    key,
+                    "missing (the router's address, or a list of them for ECMP)",
+                );
+                return Vec::new();
+            }
+            Some(toml::Value::String(s)) => vec![(key.to_string(), s.clone())],
+            Some(toml::Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (format!("{key}[{i}]"), x.as_str().unwrap_or("").to_string()))
+                .collect(),
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected an address or a list of addresses, got {other}"),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out: Vec<IpAddr> = Vec::new();
+        for (k, s) in list {
+            if let Some(a) = self.ip(&k, &s) {
+                if out.contains(&a) {
+                    self.problem(&k, format!("{a} is listed twice"));
+                } else {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
+    /// A table a virtual network may use: not the kernel's own (253-255,
+    /// 0), and (checked later) not one of pinning's or policy routing's.
+    fn vnet_table(&mut self, key: &str, t: i64) -> Option<u32> {
+        let t: u32 = self.int(key, t, 1, i64::from(u32::MAX))?;
+        if (253..=255).contains(&t) {
+            self.problem(
+                key,
+                format!("{t} is one of the kernel's own tables (253 default, 254 main, 255 local)"),
+            );
+            return None;
+        }
+        Some(t)
+    }
+
+    fn vnet_routers(&mut self, raw: Vec<RawVnetRouter>) -> Vec<VnetRouter> {
+        let mut out: Vec<VnetRouter> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = format!("vnet_router[{i}]");
+            let network = match r.network.as_deref() {
+                Some(n) => self.prefix(&format!("{key}.network"), n),
+                None => {
+                    self.problem(&format!("{key}.network"), "missing");
+                    None
+                }
+            };
+            let gateway = match r.gateway.as_deref() {
+                Some(g) => self.ip(&format!("{key}.gateway"), g),
+                None => {
+                    self.problem(
+                        &format!("{key}.gateway"),
+                        "missing (the VMs' default gateway, held on lo)",
+                    );
+                    None
+                }
+            };
+            let masquerade_out = match r.masquerade_out {
+                Some(d) if hagw_kernel::nft::valid_interface(&d) => Some(d),
+                Some(d) => {
+                    self.problem(
+                        &format!("{key}.masquerade_out"),
+                        format!("\"{d}\" is not an interface name"),
+                    );
+                    None
+                }
+                None => None,
+            };
+            let (Some(network), Some(gateway)) = (network, gateway) else {
+                continue;
+            };
+            if !network.contains(&gateway)
+                || gateway == network.network()
+                || (network.addr().is_ipv4() && gateway == network.broadcast())
+            {
+                self.problem(
+                    &format!("{key}.gateway"),
+                    format!("{gateway} is not an address inside the network {network}"),
+                );
+                continue;
+            }
+            if let Some(j) = out
+                .iter()
+                .position(|o| o.network.contains(&network) || network.contains(&o.network))
+            {
+                self.problem(
+                    &format!("{key}.network"),
+                    format!(
+                        "{network} overlaps vnet_router[{j}].network {}",
+                        out[j].network
+                    ),
+                );
+                continue;
+            }
+            out.push(VnetRouter {
+                network,
+                gateway,
+                masquerade_out,
+            });
+        }
+        out
+    }
+
+    /// What needs several sections: tables against pinning's and policy
+    /// routing's, routers that must be BGP neighbors, a router role that
+    /// must install routes and listen.
+    fn vnet_cross_checks(
+        &mut self,
+        vnet: &[Vnet],
+        vnet_router: &[VnetRouter],
+        bgp: Option<&Bgp>,
+        kernel: Option<&Kernel>,
+        policy: Option<&PolicyRouting>,
+    ) {
+        for (i, v) in vnet.iter().enumerate() {
+            if let Some(k) = kernel.filter(|k| k.install && k.pin_connections) {
+                let pin = k.pin_tables();
+                if pin.contains(&v.table) {
+                    self.problem(
+                        &format!("vnet[{i}].table"),
+                        format!("{} is one of connection pinning's tables {}..={} (kernel.pin_table_base)", v.table, pin.start(), pin.end()),
+                    );
+                }
+            }
+            if let Some(p) = policy.filter(|p| p.enabled) {
+                let pol = p.table_base + 1..=p.table_base.saturating_add(65_535).min(32_765);
+                if pol.contains(&v.table) {
+                    self.problem(
+                        &format!("vnet[{i}].table"),
+                        format!(
+                            "{} is in policy routing's tables {}..={} (policy_routing.table_base)",
+                            v.table,
+                            pol.start(),
+                            pol.end()
+                        ),
+                    );
+                }
+            }
+            if let Some(k) = kernel.filter(|k| k.install) {
+                if k.table == v.table {
+                    self.problem(
+                        &format!("vnet[{i}].table"),
+                        format!(
+                            "{} is the table hagw installs BGP routes in (kernel.table)",
+                            v.table
+                        ),
+                    );
+                }
+            }
+            if let Some(b) = bgp {
+                for (j, r) in v.routers.iter().enumerate() {
+                    if !b.neighbors.iter().any(|n| n.address == *r) {
+                        let k = if v.routers.len() == 1 {
+                            format!("vnet[{i}].router")
+                        } else {
+                            format!("vnet[{i}].router[{j}]")
+                        };
+                        self.problem(
+                            &k,
+                            format!("{r} is not a [[bgp.neighbor]]: the VMs would not be announced to it"),
+                        );
+                    }
+                }
+            }
+        }
+        if !vnet_router.is_empty() {
+            if !kernel.is_some_and(|k| k.install) {
+                self.problem(
+                    "vnet_router",
+                    "needs [kernel] with install = true: the VMs' /32s go into the kernel",
+                );
+            }
+            if !bgp.is_some_and(|b| !b.dynamic.is_empty()) {
+                self.problem(
+                    "vnet_router",
+                    "needs a [[bgp.dynamic]] listen range: the hosts announce their VMs through it",
+                );
+            }
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
 }
 
 #[cfg(test)]
@@ -1226,6 +1735,112 @@ ipv4 = "10.0.0.1"
         assert!(
             p[0].starts_with("kernel.pin_mark_mask: 0xf0f is not a run"),
             "{p:?}"
+        );
+    }
+
+    const VNET_HOST: &str = r#"
+[bgp]
+asn = 65100
+router_id = "192.168.56.103"
+[[bgp.neighbor]]
+address = "192.168.56.101"
+remote_asn = 65000
+
+[[vnet]]
+name = "net1"
+bridge = "br_net1"
+address = "10.10.10.2/24"      # the same on every host
+router = "192.168.56.101"      # or several, for ECMP through each
+table = 101
+vms = ["10.10.10.10"]          # optional static entries beside the learned ones
+"#;
+
+    const VNET_ROUTER: &str = r#"
+[bgp]
+asn = 65000
+router_id = "192.168.56.101"
+[[bgp.dynamic]]
+range = "192.168.56.0/24"
+remote_asn = "external"
+max_prefixes = 100
+[kernel]
+install = true
+
+[[vnet_router]]
+network = "10.10.10.0/24"
+gateway = "10.10.10.1"         # /32 on loopback: the VMs' default gateway
+masquerade_out = "enp0s3"      # optional: NAT the network out of this interface
+"#;
+
+    #[test]
+    fn the_issue_vnet_examples_parse_as_written() {
+        let c = parse(VNET_HOST).expect("host");
+        let v = &c.vnet[0];
+        assert_eq!(
+            (v.name.as_str(), v.bridge.as_str(), v.table),
+            ("net1", "br_net1", 101)
+        );
+        assert_eq!(v.rule_priority, 101);
+        assert_eq!(
+            v.routers,
+            vec!["192.168.56.101".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(v.vms, vec!["10.10.10.10".parse::<IpAddr>().expect("ip")]);
+        let c = parse(VNET_ROUTER).expect("router");
+        assert_eq!(c.vnet_router[0].masquerade_out.as_deref(), Some("enp0s3"));
+        assert_eq!(c.bgp.expect("bgp").dynamic[0].max_prefixes, Some(100));
+    }
+
+    #[test]
+    fn bad_virtual_networks_are_refused_with_their_keys() {
+        let host = VNET_HOST
+            .replace("table = 101", "table = 9001")
+            .replace("\"10.10.10.10\"", "\"10.10.20.10\"")
+            .replace(
+                "router = \"192.168.56.101\"",
+                "router = [\"192.168.56.101\", \"192.168.56.102\"]",
+            );
+        let p = problems(&format!("{host}\n[kernel]\n"));
+        let joined = p.join("\n");
+        assert!(
+            joined.contains("vnet[0].table: 9001 is one of connection pinning's tables"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("vnet[0].vms[0]: 10.10.20.10 is outside the network 10.10.10.0/24"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("vnet[0].router[1]: 192.168.56.102 is not a [[bgp.neighbor]]"),
+            "{joined}"
+        );
+        assert_eq!(p.len(), 3, "{joined}");
+        let p = problems(
+            &VNET_HOST
+                .replace("table = 101", "table = 10005")
+                .replace("[[vnet]]", "[policy_routing]\n[[vnet]]"),
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("vnet[0].table: 10005 is in policy routing's tables")),
+            "{p:?}"
+        );
+        let p = problems(&VNET_HOST.replace("10.10.10.2/24", "10.10.10.0/24"));
+        assert!(
+            p.iter().any(|x| x.starts_with(
+                "vnet[0].address: \"10.10.10.0/24\" is the network's network address"
+            )),
+            "{p:?}"
+        );
+        let p =
+            problems(&VNET_ROUTER.replace("gateway = \"10.10.10.1\"", "gateway = \"10.10.20.1\""));
+        assert_eq!(p, vec!["vnet_router[0].gateway: 10.10.20.1 is not an address inside the network 10.10.10.0/24"]);
+        let p = problems(&VNET_ROUTER.replace("[kernel]\ninstall = true", ""));
+        assert_eq!(
+            p,
+            vec![
+                "vnet_router: needs [kernel] with install = true: the VMs' /32s go into the kernel"
+            ]
         );
     }
 

@@ -36,6 +36,45 @@ pub struct Status {
     /// Anycast gateways and the NAT table (`[[gateway]]`, `[nat]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convergent: Option<crate::convergent::ConvergentStatus>,
+    /// Virtual networks on this host (`[[vnet]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vnet: Vec<VnetStatus>,
+}
+
+/// One virtual network of a host.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VnetStatus {
+    pub name: String,
+    pub bridge: String,
+    /// hagw created the bridge (else it adopted an existing one).
+    pub created: bool,
+    pub table: u32,
+    /// The routers the table's routes go through now.
+    pub routers: Vec<String>,
+    /// The VMs announced: "ADDR" learned, "ADDR (static)" configured.
+    pub vms: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl From<hagw_kernel::vnet::NetworkStatus> for VnetStatus {
+    fn from(n: hagw_kernel::vnet::NetworkStatus) -> VnetStatus {
+        VnetStatus {
+            name: n.name,
+            bridge: n.bridge,
+            created: n.created,
+            table: n.table,
+            routers: n.routers.iter().map(ToString::to_string).collect(),
+            vms: n
+                .vms
+                .iter()
+                .map(|(a, src)| match src {
+                    hagw_kernel::vnet::VmSource::Learned => a.to_string(),
+                    hagw_kernel::vnet::VmSource::Static => format!("{a} (static)"),
+                })
+                .collect(),
+            error: n.error,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

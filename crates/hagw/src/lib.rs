@@ -7,6 +7,7 @@ pub mod control;
 pub mod convergent;
 pub mod daemon;
 pub mod policy_routing;
+pub mod vnet;
 pub mod vrrp;
 
 use std::fmt::Write;
@@ -125,6 +126,33 @@ pub fn status_text(st: &control::Status) -> String {
     }
     if let Some(c) = &st.convergent {
         s.push_str(&convergent::status_text(c));
+    }
+    if !st.vnet.is_empty() {
+        let _ = writeln!(s, "\nvirtual networks");
+        for v in &st.vnet {
+            let _ = writeln!(
+                s,
+                "  {} bridge {} ({}) table {} via {}{}\n    VMs: {}",
+                v.name,
+                v.bridge,
+                if v.created { "created" } else { "adopted" },
+                v.table,
+                if v.routers.is_empty() {
+                    "no router (unreachable)".to_string()
+                } else {
+                    v.routers.join(", ")
+                },
+                v.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default(),
+                if v.vms.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.vms.join(", ")
+                },
+            );
+        }
     }
     s
 }

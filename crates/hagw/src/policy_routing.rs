@@ -103,6 +103,7 @@ pub fn check_system(cfg: &Config) -> Vec<Problem> {
 pub fn check_live(path: &Path, cfg: Config) -> Result<Config, ConfigError> {
     let mut problems = check_system(&cfg);
     problems.extend(crate::vrrp::check_system(&cfg));
+    problems.extend(crate::vnet::check_system(&cfg));
     if problems.is_empty() {
         Ok(cfg)
     } else {

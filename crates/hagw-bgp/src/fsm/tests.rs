@@ -488,6 +488,29 @@ fn bfd_down_closes_the_session_with_cease_bfd_down() {
     ));
 }
 
+#[test]
+fn too_many_prefixes_close_the_session_with_cease_maximum_prefixes() {
+    let t = Instant::now();
+    let mut s = established(90, t);
+    let mut out = Vec::new();
+    s.handle(
+        Event::MaxPrefixes {
+            afi: 1,
+            safi: 1,
+            limit: 100,
+        },
+        t,
+        &mut out,
+    );
+    assert_eq!(sent_notification(&out), Some((6, 1)));
+    let Some(Action::Send(b)) = out.first() else {
+        panic!("no NOTIFICATION")
+    };
+    // RFC 4486 §4: AFI (2), SAFI (1), upper bound (4) after code and subcode.
+    assert_eq!(&b[21..], &[0, 1, 1, 0, 0, 0, 100]);
+    assert_eq!(s.state(), State::Idle);
+}
+
 /// The driver decides on graceful restart after the Disconnect, from what the
 /// ended session negotiated; a session that never got there has nothing.
 #[test]

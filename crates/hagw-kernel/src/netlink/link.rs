@@ -70,6 +70,40 @@ pub fn build_bridge(name: &str) -> LinkMessage {
     m
 }
 
+/// The interface alias (`ip link set DEV alias TEXT`, IFLA_IFALIAS): hagw
+/// marks the bridges it creates with it, so a later run knows which ones it
+/// may delete.
+pub fn link_alias(m: &LinkMessage) -> Option<String> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.clone()),
+        _ => None,
+    })
+}
+
+/// The link-layer address (IFLA_ADDRESS) of an Ethernet-like link.
+pub fn link_mac(m: &LinkMessage) -> Option<[u8; 6]> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+/// RTM_NEWLINK (set) giving interface `index` an alias.
+pub fn build_set_alias(index: u32, alias: &str) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+    m
+}
+
+/// RTM_NEWLINK (set) giving interface `index` a MAC address.
+pub fn build_set_mac(index: u32, mac: [u8; 6]) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    m
+}
+
 /// RTM_NEWLINK setting interface `index` up or down.
 pub fn build_set_up(index: u32, up: bool) -> LinkMessage {
     let mut m = LinkMessage::default();
@@ -108,6 +142,30 @@ impl NlSocket {
             flags: 0,
         })
         .await
+    }
+
+    /// Sets an attribute of link `index` (a [`build_set_alias`] or
+    /// [`build_set_mac`] message).
+    pub async fn set_link(&mut self, m: LinkMessage) -> std::io::Result<Result<(), NlError>> {
+        self.request(Request {
+            msg: RouteNetlinkMessage::SetLink(m),
+            flags: 0,
+        })
+        .await
+    }
+
+    /// Every link of the system with its alias and MAC (the undecoded
+    /// message stays available for what [`Link`] does not carry).
+    pub async fn dump_link_messages(&mut self) -> std::io::Result<Vec<LinkMessage>> {
+        Ok(self
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .await?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Deletes link `index` (a bridge hagw created).
@@ -151,5 +209,15 @@ mod tests {
         let l = parse_link(build_bridge("br_net1"));
         assert_eq!(l.name, "br_net1");
         assert_eq!(l.kind.as_deref(), Some("bridge"));
+    }
+
+    #[test]
+    fn alias_and_mac_roundtrip() {
+        let mac = [2, 0x68, 10, 10, 10, 0];
+        assert_eq!(link_mac(&build_set_mac(3, mac)), Some(mac));
+        assert_eq!(
+            link_alias(&build_set_alias(3, "hagw vnet net1")).as_deref(),
+            Some("hagw vnet net1")
+        );
     }
 }

@@ -18,7 +18,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::{RouteMessageBuilder, RouteNextHopBuilder};
 
-use super::RT_TABLE_MAIN;
+use super::{family_of, route_addr, table_u8, RT_TABLE_MAIN};
 
 /// A next hop. IPv6 link-local next hops need `ifindex`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -415,6 +415,29 @@ pub fn build_dev_route(w: &DevRoute, protocol: u8) -> RouteMessage {
     b.build()
 }
 
+/// RTM_NEWROUTE for `unreachable PREFIX table TABLE`: packets that match get
+/// an ICMP unreachable instead of falling through to the next rule (the
+/// virtual networks' tables while no router is alive, so VM traffic never
+/// leaks out of the main table's default).
+pub fn build_unreachable(prefix: IpNet, table: u32, protocol: u8) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header = RouteHeader {
+        address_family: family_of(&prefix.addr()),
+        destination_prefix_length: prefix.prefix_len(),
+        table: table_u8(table),
+        protocol: RouteProtocol::from(protocol),
+        scope: RouteScope::Universe,
+        kind: RouteType::Unreachable,
+        ..RouteHeader::default()
+    };
+    if prefix.prefix_len() > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(route_addr(prefix.addr())));
+    }
+    msg.attributes.push(RouteAttribute::Table(table));
+    msg
+}
+
 /// The [`DevRoute`] a kernel route is (None: not one of that shape, e.g.
 /// multipath).
 pub fn dev_route_of(r: &KernelRoute) -> Option<DevRoute> {
@@ -506,6 +529,17 @@ mod tests {
             write_route(&mut got, prefix, table, 199, 20, &hops, 0x0601);
             assert_eq!(got, want, "{p} table {table} via {hops:?}");
         }
+    }
+
+    #[test]
+    fn unreachable_routes_parse_as_such() {
+        let p: IpNet = "10.10.10.0/24".parse().expect("net");
+        let k = parse_route(build_unreachable(p, 101, 199)).expect("parse");
+        assert_eq!(
+            (k.prefix, k.table, k.kind),
+            (p, 101, RouteType::Unreachable)
+        );
+        assert!(k.nexthops.is_empty());
     }
 
     #[test]

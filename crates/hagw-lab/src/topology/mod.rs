@@ -16,6 +16,7 @@
 //! 002), `convergent.rs` (seed 003) and `vnet.rs` (seed 004).
 
 pub mod seed000;
+pub mod vnet;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -61,18 +62,23 @@ pub enum Kind {
     /// with ECMP (L4 hash).
     #[default]
     Egress,
+    /// Seed 004: virtual networks on proxy ARP and policy routing; a router,
+    /// two hosts, two networks, four VMs, the VMs' /32s by BGP.
+    Vnet,
 }
 
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Egress => "egress",
+            Kind::Vnet => "vnet",
         }
     }
 
     pub fn from_name(name: &str) -> Result<Kind, Error> {
         match name {
             "egress" => Ok(Kind::Egress),
+            "vnet" => Ok(Kind::Vnet),
             other => Err(Error::UnknownTopology(other.to_string())),
         }
     }
@@ -80,6 +86,7 @@ impl Kind {
     pub fn topology(self) -> Box<dyn Topology> {
         match self {
             Kind::Egress => Box::new(seed000::Egress),
+            Kind::Vnet => Box::new(vnet::Vnet),
         }
     }
 }
@@ -160,6 +167,18 @@ pub trait Topology {
     fn server(&self) -> (String, SocketAddr);
     /// A one-paragraph picture printed by `up`.
     fn describe(&self) -> String;
+
+    /// Whether `up` opens long-lived flows from the host through the routers.
+    fn flows(&self) -> bool {
+        true
+    }
+
+    /// What `up` does once the daemons run, and what it then prints; `None`
+    /// (the default): wait until the host's default route lists every
+    /// router (seed 000).
+    fn settle(&self, _timeout: std::time::Duration) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 
     fn router(&self, name: &str) -> Result<Router, Error> {
         let all = self.routers();

@@ -26,6 +26,8 @@ pub struct Range {
     pub advert: Arc<Advert>,
     pub count: AtomicUsize,
     pub bfd: Option<super::bfd::Bfd>,
+    /// What is accepted from this range's peers (virtual networks, limits).
+    pub import: Option<Arc<super::import::ImportPolicy>>,
 }
 
 pub struct Accept {
@@ -124,6 +126,7 @@ impl Accept {
             rib: self.rib.clone(),
             incoming: None,
             bfd: range.bfd.clone(),
+            import: range.import.clone(),
         };
         let me = self.clone();
         tokio::spawn(async move {

@@ -5,9 +5,11 @@ pub mod advert;
 pub mod bfd;
 pub mod cloud;
 pub mod health;
+pub mod import;
 pub mod listener;
 pub mod peer;
 pub mod routing;
+pub mod vnet;
 pub mod vrrp;
 
 use std::collections::HashMap;
@@ -69,6 +71,8 @@ pub struct Daemon {
     pinning: Option<hagw_kernel::pinning::Pinning>,
     vrrp: Option<Arc<vrrp::Vrrp>>,
     convergent: Option<crate::convergent::Convergent>,
+    /// Virtual networks (host side), for their status.
+    vnet: Option<hagw_kernel::vnet::VnetSync>,
 }
 
 const FAMILIES: [(u16, u8); 2] = [(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)];
@@ -103,6 +107,8 @@ struct Running {
     convergent: Option<crate::convergent::Convergent>,
     control: control::Guard,
     vrrp: Option<Arc<vrrp::Vrrp>>,
+    vnet: Option<vnet::Vnet>,
+    vnet_router: Option<hagw_kernel::vnet::VnetRouter>,
 }
 
 async fn serve(
@@ -126,9 +132,30 @@ async fn serve(
     let bfd = start_bfd(&cfg)?;
     let (vrrp, gate) = start_vrrp(&cfg, bfd.clone(), probe_results, gate).await?;
     let convergent = crate::convergent::start(&cfg).await?;
+    // Virtual networks before BGP: the VMs already there are known (and
+    // announced, then End-of-RIB) by the time the sessions come up.
+    let vnet = vnet::start(&cfg).await?;
+    let vnet_router = vnet::start_router(&cfg).await?;
+    let vnet_bgp = VnetBgp {
+        dynamic: vnet.as_ref().map(|v| v.dynamic.clone()).unwrap_or_default(),
+        imports: cfg.bgp.as_ref().map_or_else(Vec::new, |b| {
+            b.dynamic
+                .iter()
+                .map(|d| vnet::import_policy(&cfg, d))
+                .collect()
+        }),
+    };
     let registry = Arc::new(Registry::default());
     let (listeners, ranges) = match &cfg.bgp {
-        Some(bgp) => start_bgp(bgp, gr, gate, bfd.clone(), registry.clone(), rib_tx.clone())?,
+        Some(bgp) => start_bgp(
+            bgp,
+            gr,
+            gate,
+            bfd.clone(),
+            registry.clone(),
+            rib_tx.clone(),
+            &vnet_bgp,
+        )?,
         None => (Vec::new(), Vec::new()),
     };
     let daemon = Arc::new(Daemon {
@@ -142,6 +169,7 @@ async fn serve(
         pinning: pinning.clone(),
         vrrp: vrrp.clone(),
         convergent: convergent.clone(),
+        vnet: vnet.as_ref().map(|v| v.sync.clone()),
     });
     let control = control::serve(&cfg.control.socket, daemon)
         .await
@@ -162,6 +190,8 @@ async fn serve(
         convergent: convergent.clone(),
         control,
         vrrp,
+        vnet,
+        vnet_router,
     };
     wait_for_stop(config_path, &cfg, convergent).await?;
     running.shutdown().await;
@@ -226,6 +256,15 @@ fn start_bfd(cfg: &Config) -> anyhow::Result<Option<bfd::Bfd>> {
     Ok(Some(b))
 }
 
+/// What the virtual networks add to BGP: the VMs a host announces to each of
+/// its routers, and what a router's listen ranges accept.
+#[derive(Default)]
+struct VnetBgp {
+    dynamic: HashMap<IpAddr, Arc<advert::Dynamic>>,
+    /// Per `[[bgp.dynamic]]`, in order.
+    imports: Vec<Option<Arc<import::ImportPolicy>>>,
+}
+
 /// Configured neighbors, listen ranges and the listeners; returns the
 /// listener tasks and the ranges as `hagw status` names them.
 fn start_bgp(
@@ -235,6 +274,7 @@ fn start_bgp(
     bfd: Option<bfd::Bfd>,
     registry: Arc<Registry>,
     rib_tx: mpsc::UnboundedSender<RibEvent>,
+    vnet: &VnetBgp,
 ) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Vec<String>)> {
     // Our OPEN says we restart with forwarding state kept (RFC 4724 R and F bits).
     let gr_cap = gr.map(|g| GracefulRestart {
@@ -268,10 +308,14 @@ fn start_bgp(
         let task = PeerTask {
             shared,
             cfg: session(n.remote_asn, n.hold_time),
-            advert: Arc::new(Advert::new(bgp.asn, &n.announce, gate.clone())),
+            advert: Arc::new(
+                Advert::new(bgp.asn, &n.announce, gate.clone())
+                    .with_dynamic(vnet.dynamic.get(&n.address).cloned()),
+            ),
             rib: rib_tx.clone(),
             incoming: Some(rx),
             bfd: bfd.clone().filter(|_| n.bfd),
+            import: None,
         };
         tokio::spawn(task.run_neighbor());
     }
@@ -279,7 +323,8 @@ fn start_bgp(
     let ranges = bgp
         .dynamic
         .iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
             Arc::new(Range {
                 range: d.range,
                 limit: d.limit,
@@ -287,6 +332,7 @@ fn start_bgp(
                 advert: Arc::new(Advert::new(bgp.asn, &d.announce, gate.clone())),
                 count: Default::default(),
                 bfd: bfd.clone().filter(|_| d.bfd),
+                import: vnet.imports.get(i).cloned().flatten(),
             })
         })
         .collect();
@@ -408,6 +454,10 @@ impl Running {
         // keep our routes (RFC 4724 helper), and our kernel routes stay for the
         // next run.
         let graceful = self.graceful;
+        // The networks' tables must not follow our own sessions closing.
+        if let Some(v) = &self.vnet {
+            v.freeze();
+        }
         for p in self.registry.all() {
             p.stop(!graceful);
         }
@@ -421,6 +471,14 @@ impl Running {
         // Pinned connections keep their router while we restart (GR): leave it.
         if let Some(p) = self.pinning.filter(|_| !graceful) {
             p.shutdown().await;
+        }
+        // Under graceful restart the VMs keep their bridges, tables and
+        // gateways; without, the tables and rules go (bridges stay).
+        if let Some(v) = self.vnet {
+            v.shutdown(!graceful).await;
+        }
+        if let Some(r) = self.vnet_router {
+            r.shutdown(!graceful).await;
         }
         if let Some(fib) = self.fib {
             fib.shutdown(!graceful).await;
@@ -651,6 +709,15 @@ impl Daemon {
             Some(c) => Some(c.status().await),
             None => None,
         };
+        let vnet = match &self.vnet {
+            Some(v) => v
+                .snapshot()
+                .await
+                .into_iter()
+                .map(control::VnetStatus::from)
+                .collect(),
+            None => Vec::new(),
+        };
         Status {
             peers,
             routes,
@@ -661,6 +728,7 @@ impl Daemon {
             policy_routing,
             vrrp,
             convergent,
+            vnet,
         }
     }
 }

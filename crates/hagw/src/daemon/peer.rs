@@ -6,6 +6,7 @@
 //! announcement is the range's shared encoded `Bytes`.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,12 +18,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use hagw_bgp::fsm::{self, Action, DownReason, Event, Negotiated, Session, SessionConfig, State};
 use hagw_bgp::packet::{Update, AFI_IPV6, SAFI_UNICAST};
+use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::advert::{Advert, Shape};
+use super::advert::{encode_delta, Advert, SessionNote, Shape};
 use super::bfd::{Bfd, BfdState};
+use super::import::{Count, ImportPolicy};
 use super::routing::RibEvent;
 
 /// How a peer came to be.
@@ -165,6 +168,8 @@ pub struct PeerTask {
     pub incoming: Option<mpsc::Receiver<TcpStream>>,
     /// Set when this peer has `bfd = true`.
     pub bfd: Option<Bfd>,
+    /// What may be accepted from this peer (a listen range's policy).
+    pub import: Option<Arc<ImportPolicy>>,
 }
 
 thread_local! {
@@ -226,6 +231,20 @@ struct Driver {
     bfd_was_up: bool,
     /// Since when every connect has been refused (see [`REFUSED_GIVE_UP`]).
     refused_since: Option<Instant>,
+    /// The run-time routes (see [`super::advert::Dynamic`]): changes wake
+    /// this receiver; what the peer has of them, as of which generation.
+    dyn_rx: Option<watch::Receiver<u64>>,
+    dyn_gen: u64,
+    dyn_sent: HashMap<IpNet, u32>,
+    /// End-of-RIB waits until the run-time routes known at start are in.
+    eor_pending: bool,
+    /// Prefixes accepted from this session, for `max_prefixes`.
+    count: Count,
+    /// The session must end for announcing too many prefixes: (connection,
+    /// AFI, limit).
+    cut: Option<(usize, u16, u32)>,
+    /// Refusals were logged once this session (then only at debug).
+    refusal_logged: bool,
 }
 
 /// A neighbor that refuses connections is alive (its kernel answers) and a
@@ -249,6 +268,13 @@ impl Driver {
             bfd: None,
             bfd_was_up: false,
             refused_since: None,
+            dyn_rx: task.advert.dynamic().map(|d| d.subscribe()),
+            dyn_gen: 0,
+            dyn_sent: HashMap::new(),
+            eor_pending: false,
+            count: Count::default(),
+            cut: None,
+            refusal_logged: false,
             task,
         }
     }
@@ -301,6 +327,18 @@ impl Driver {
                 tracing::info!(peer = %shared.address, "connection collision: closing one");
                 self.event(loser, Event::OpenCollisionDump).await;
             }
+            if let Some((i, afi, limit)) = self.cut.take() {
+                tracing::warn!(peer = %shared.address, limit, "more prefixes than max_prefixes: cut off (Cease, maximum prefixes)");
+                self.event(
+                    i,
+                    Event::MaxPrefixes {
+                        afi,
+                        safi: SAFI_UNICAST,
+                        limit,
+                    },
+                )
+                .await;
+            }
             if self.conns.iter().all(Option::is_none) && self.active.is_none() {
                 return;
             }
@@ -319,9 +357,11 @@ impl Driver {
             let incoming = self.task.incoming.as_mut();
             let gate = self.gate.as_mut();
             let bfd = self.bfd.as_mut();
+            let dynamic = self.dyn_rx.as_mut();
             tokio::select! {
                 r = bfd_changed(bfd) => self.on_bfd(r).await,
                 r = gate_changed(gate) => self.on_gate(r).await,
+                r = generation_changed(dynamic) => self.on_dynamic(r).await,
                 r = readable(c0) => self.on_readable(0, r).await,
                 r = readable(c1) => self.on_readable(1, r).await,
                 r = opt_future(connecting) => self.on_connected(r).await,
@@ -461,6 +501,9 @@ impl Driver {
                     let _ = self.task.rib.send(RibEvent::Unreachable {
                         peer: self.task.shared.address,
                     });
+                    if let Some(d) = self.task.advert.dynamic() {
+                        d.note(SessionNote::Unreachable);
+                    }
                 }
                 s.handle(Event::TcpConnectionFails, now, &mut out);
                 self.active = Some(s);
@@ -519,11 +562,12 @@ impl Driver {
                 Action::Send(b) => self.wbuf.extend_from_slice(&b),
                 Action::Connect => self.start_connect(),
                 Action::Established(n) => self.on_established(i, n),
-                Action::Update(u) => self.on_update(u),
+                Action::Update(u) => self.on_update(i, u),
                 Action::RouteRefresh { .. } => {
                     if let Some(enc) = self.encoded(i).filter(|_| self.advertised) {
                         self.wbuf.extend_from_slice(&enc.announce);
                     }
+                    self.resend_dynamic(i);
                 }
                 Action::Disconnect {
                     reason,
@@ -734,6 +778,95 @@ impl Driver {
         self.flush(i).await;
     }
 
+    /// The run-time routes changed: send the peer what it does not have.
+    async fn on_dynamic(&mut self, changed: Result<(), watch::error::RecvError>) {
+        if changed.is_err() {
+            self.dyn_rx = None;
+            return;
+        }
+        let Some(d) = self.task.advert.dynamic().cloned() else {
+            return;
+        };
+        let Some(i) = self.established else { return };
+        let Some(c) = self.conns[i].as_ref() else {
+            return;
+        };
+        let Some(n) = c.session.negotiated() else {
+            return;
+        };
+        let local_asn = c.session.config().local_asn;
+        let shape = Shape::new(c.local.ip(), local_asn, n);
+        let (gen, changes) = d.since(self.dyn_gen);
+        let changes: Vec<(IpNet, Option<u32>)> = match changes {
+            Some(c) => c,
+            None => {
+                // Too far behind the journal: compare the whole set.
+                let (_, all) = d.all();
+                let all: HashMap<IpNet, u32> = all.into_iter().collect();
+                self.dyn_sent
+                    .keys()
+                    .filter(|p| !all.contains_key(p))
+                    .map(|p| (*p, None))
+                    .chain(all.iter().map(|(p, m)| (*p, Some(*m))))
+                    .collect()
+            }
+        };
+        self.dyn_gen = gen;
+        let mut announce = Vec::new();
+        let mut withdraw = Vec::new();
+        for (p, med) in changes {
+            match med {
+                Some(m) if self.dyn_sent.get(&p) != Some(&m) => {
+                    self.dyn_sent.insert(p, m);
+                    announce.push((p, m));
+                }
+                None if self.dyn_sent.remove(&p).is_some() => withdraw.push(p),
+                _ => {}
+            }
+        }
+        let (bytes, _) = encode_delta(local_asn, shape, &announce, &withdraw);
+        self.wbuf.extend_from_slice(&bytes);
+        let fixed = if self.advertised {
+            self.encoded(i).map_or(0, |e| e.prefixes)
+        } else {
+            0
+        };
+        self.task
+            .shared
+            .sent
+            .store(fixed + self.dyn_sent.len(), Ordering::Relaxed);
+        if self.eor_pending && d.ready() {
+            self.eor_pending = false;
+            if let Some(enc) = self.encoded(i) {
+                self.wbuf.extend_from_slice(&enc.eor);
+            }
+        }
+        if self.wbuf.is_empty() {
+            return;
+        }
+        if let Some(c) = self.conns[i].as_mut() {
+            c.session.sent_update(Instant::now());
+        }
+        self.flush(i).await;
+    }
+
+    /// ROUTE-REFRESH: the run-time routes again.
+    fn resend_dynamic(&mut self, i: usize) {
+        if self.dyn_sent.is_empty() {
+            return;
+        }
+        let Some(c) = self.conns[i].as_ref() else {
+            return;
+        };
+        let Some(n) = c.session.negotiated() else {
+            return;
+        };
+        let shape = Shape::new(c.local.ip(), c.session.config().local_asn, n);
+        let all: Vec<(IpNet, u32)> = self.dyn_sent.iter().map(|(p, m)| (*p, *m)).collect();
+        let (bytes, _) = encode_delta(c.session.config().local_asn, shape, &all, &[]);
+        self.wbuf.extend_from_slice(&bytes);
+    }
+
     /// RFC 5882 §4.3.1: BFD Down brings the BGP session down at once — unless
     /// the peer said AdminDown (RFC 5882 §3.2: it is restarting its control
     /// plane or was disabled by hand, and the forwarding path may be fine).
@@ -799,8 +932,25 @@ impl Driver {
             shared.sent.store(enc.prefixes, Ordering::Relaxed);
             self.wbuf.extend_from_slice(&enc.announce);
         }
-        self.wbuf.extend_from_slice(&enc.eor);
         self.established = Some(i);
+        self.eor_pending = false;
+        self.count.clear();
+        self.refusal_logged = false;
+        if let Some(d) = self.task.advert.dynamic().cloned() {
+            let (gen, all) = d.all();
+            let (bytes, n) = encode_delta(local_asn, shape, &all, &[]);
+            self.wbuf.extend_from_slice(&bytes);
+            self.dyn_gen = gen;
+            self.dyn_sent = all.into_iter().collect();
+            shared.sent.fetch_add(n, Ordering::Relaxed);
+            // Our restart (RFC 4724): End-of-RIB only once every VM known at
+            // start is in, or the router would sweep the ones still coming.
+            self.eor_pending = !d.ready();
+            d.note(SessionNote::Up);
+        }
+        if !self.eor_pending {
+            self.wbuf.extend_from_slice(&enc.eor);
+        }
         let _ = self.task.rib.send(RibEvent::Up {
             peer: shared.clone(),
             ebgp: n.remote_asn != local_asn,
@@ -816,7 +966,29 @@ impl Driver {
         });
     }
 
-    fn on_update(&mut self, u: Box<Update>) {
+    fn on_update(&mut self, i: usize, mut u: Box<Update>) {
+        if self.cut.is_some() {
+            return; // this session is being cut off
+        }
+        if let Some(policy) = self.task.import.clone() {
+            let (refused, first) = policy.filter(&mut u);
+            if refused > 0 {
+                let peer = self.task.shared.address;
+                let first = first.map(|p| p.to_string()).unwrap_or_default();
+                if self.refusal_logged {
+                    tracing::debug!(peer = %peer, refused, first = %first, "refused prefixes outside the virtual networks");
+                } else {
+                    self.refusal_logged = true;
+                    tracing::info!(peer = %peer, refused, first = %first, "refused prefixes outside the virtual networks (only their VMs' host routes are accepted; further refusals at debug)");
+                }
+            }
+            if let Some(limit) = policy.max_prefixes {
+                if let Some(afi) = self.count.apply(&u, limit) {
+                    self.cut = Some((i, afi, limit));
+                    return;
+                }
+            }
+        }
         if let Some(e) = &u.treat_as_withdraw {
             tracing::warn!(peer = %self.task.shared.address, "malformed UPDATE treated as withdraw (RFC 7606): {e:?}");
         }
@@ -835,6 +1007,14 @@ impl Driver {
         shared.since.store(0, Ordering::Relaxed);
         shared.sent.store(0, Ordering::Relaxed);
         self.advertised = false;
+        self.dyn_sent.clear();
+        self.eor_pending = false;
+        self.count.clear();
+        if let Some(d) = self.task.advert.dynamic() {
+            d.note(SessionNote::Down {
+                stale_for: stale_for.map(|s| Duration::from_secs(u64::from(s))),
+            });
+        }
         // Dropping our receiver ends the BFD session once no one else watches
         // it (the same host's new connection may already share it).
         self.bfd = None;
@@ -892,6 +1072,15 @@ async fn bfd_changed(
 ) -> Result<(), watch::error::RecvError> {
     match b {
         Some(b) => b.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn generation_changed(
+    g: Option<&mut watch::Receiver<u64>>,
+) -> Result<(), watch::error::RecvError> {
+    match g {
+        Some(g) => g.changed().await,
         None => std::future::pending().await,
     }
 }

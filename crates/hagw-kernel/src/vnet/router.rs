@@ -396,7 +396,7 @@ mod tests {
     fn networks_come_and_go_as_elements_only() {
         let a = net("10.10.10.0/24", "10.10.10.1", Some("up0"));
         let b = net("10.10.20.0/24", "10.10.20.1", Some("up0"));
-        let s = masquerade_elements_script(&[a.clone()], &[b]).expect("script");
+        let s = masquerade_elements_script(std::slice::from_ref(&a), &[b]).expect("script");
         assert_eq!(
             s,
             "delete element inet hagw_vnet masq4 { 10.10.10.0/24 . \"up0\" }\n\
@@ -404,7 +404,8 @@ mod tests {
         );
         assert!(!s.contains("rule") && !s.contains("chain"));
         assert_eq!(
-            masquerade_elements_script(&[a.clone()], &[a]).expect("script"),
+            masquerade_elements_script(std::slice::from_ref(&a), std::slice::from_ref(&a))
+                .expect("script"),
             ""
         );
     }

@@ -18,7 +18,7 @@ use super::{
     EVENT_RESYNC_DELAY, POKE_PERIOD, RESYNC_PERIOD,
 };
 use crate::netlink::{
-    addr::{has_address, parse_addr},
+    addr::has_address,
     build_delete, build_delete_exact, build_route, build_rule,
     link::{build_set_alias, build_set_mac, build_set_up, link_alias, link_mac, parse_link, Link},
     neigh::{build_delete as build_neigh_delete, build_use, parse_fdb, parse_neigh},
@@ -687,11 +687,10 @@ impl State {
             return;
         }
         match m.header.state {
-            NeighbourState::Failed => {
-                if net.learned.remove(&n.addr).is_some() {
-                    debug!(vm = %n.addr, "neighbour entry failed");
-                }
+            NeighbourState::Failed if net.learned.remove(&n.addr).is_some() => {
+                debug!(vm = %n.addr, "neighbour entry failed");
             }
+            NeighbourState::Failed => {}
             NeighbourState::Incomplete | NeighbourState::None => {}
             _ if n.valid => {
                 net.learned.insert(n.addr, n.mac);
@@ -768,10 +767,10 @@ impl State {
                 RouteNetlinkMessage::DelNeighbour(m) => self.on_neighbour(&m, true),
                 RouteNetlinkMessage::NewLink(l) => self.on_link(parse_link(l)),
                 RouteNetlinkMessage::DelLink(l) => self.on_link_deleted(l.header.index),
-                RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-                    if parse_addr(a).is_some_and(|a| self.net_of_bridge(a.index).is_some()) {
-                        self.schedule_resync(EVENT_RESYNC_DELAY);
-                    }
+                RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)
+                    if self.net_of_bridge(a.header.index).is_some() =>
+                {
+                    self.schedule_resync(EVENT_RESYNC_DELAY);
                 }
                 RouteNetlinkMessage::DelRoute(m) => {
                     if let Some(r) = parse_route(m) {
@@ -783,12 +782,11 @@ impl State {
                         }
                     }
                 }
-                RouteNetlinkMessage::DelRule(m) => {
-                    if parse_rule(m)
-                        .is_some_and(|r| r.protocol == self.protocol && r.rule.iif.is_some())
-                    {
-                        self.schedule_resync(EVENT_RESYNC_DELAY);
-                    }
+                RouteNetlinkMessage::DelRule(m)
+                    if parse_rule(m.clone())
+                        .is_some_and(|r| r.protocol == self.protocol && r.rule.iif.is_some()) =>
+                {
+                    self.schedule_resync(EVENT_RESYNC_DELAY);
                 }
                 _ => {}
             }

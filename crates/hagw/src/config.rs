@@ -1472,7 +1472,7 @@ impl Validator {
                     "needs [kernel] with install = true: the VMs' /32s go into the kernel",
                 );
             }
-            if !bgp.is_some_and(|b| !b.dynamic.is_empty()) {
+            if bgp.is_none_or(|b| b.dynamic.is_empty()) {
                 self.problem(
                     "vnet_router",
                     "needs a [[bgp.dynamic]] listen range: the hosts announce their VMs through it",

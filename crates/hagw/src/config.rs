@@ -290,8 +290,10 @@ struct RawConfig {
     control: Option<RawControl>,
     #[serde(default)]
     vrrp: Vec<vrrp::RawVrrp>,
+    #[serde(default)]
     gateway: Vec<convergent::RawGateway>,
     nat: Option<convergent::RawNat>,
+    #[serde(default)]
     vnet: Vec<RawVnet>,
     #[serde(default)]
     vnet_router: Vec<RawVnetRouter>,

@@ -158,6 +158,12 @@ pub struct NeighTimers {
     pub retrans_ms: u32,
     /// `ucast_solicit`: unicast probes before FAILED.
     pub ucast_solicit: u32,
+    /// `proxy_delay` (centiseconds): a proxy answer to a broadcast request
+    /// waits a random [0, this), so a VM of this host that answers for
+    /// itself wins (the kernel then ignores the later proxy answer for a
+    /// `locktime`). The kernel's 80 (0.8 s) would delay every VM's first
+    /// ARP for its gateway that long; 10 keeps the first packet fast.
+    pub proxy_delay_cs: u32,
 }
 
 impl Default for NeighTimers {
@@ -167,6 +173,7 @@ impl Default for NeighTimers {
             delay_first_probe_s: 1,
             retrans_ms: 500,
             ucast_solicit: 3,
+            proxy_delay_cs: 10,
         }
     }
 }

@@ -907,6 +907,7 @@ fn tune_bridge(cfg: &NetworkConfig, t: &super::NeighTimers) -> Result<(), Kernel
     let br = &cfg.bridge;
     sysctl::set_conf(false, br, "proxy_arp", "1")?;
     sysctl::set_conf(false, br, "arp_accept", "1")?;
+    sysctl::set_neigh(false, br, "proxy_delay", &t.proxy_delay_cs.to_string())?;
     sysctl::set_conf(false, br, "forwarding", "1")?;
     let mut fams = vec![false];
     if cfg.address6.is_some() {

@@ -315,8 +315,10 @@ pub fn attach(host: &Netns, v: &VmSpec, timeout: Duration) -> Result<(), Error> 
 /// sends, does the same; the lab has no tool to send one.
 pub fn speak(vm: &Netns, v: &VmSpec) {
     let unused = NETS[v.net].unused.to_string();
+    // Forget that one entry first (the rest of the cache stays warm), so an
+    // ARP request goes out.
     let _ = vm.try_sh(&format!(
-        "ping -n -q -c 1 -W 0.2 {unused} >/dev/null 2>&1 || true"
+        "ip neigh del {unused} dev {VM_IF} 2>/dev/null; ping -n -q -c 1 -W 0.2 {unused} >/dev/null 2>&1; true"
     ));
 }
 
